@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from ecpower.commerce.models import (
+    CsvImport,
+    CsvImportStatus,
+    Customer,
+    CustomerTag,
+    LineItem,
+    Order,
+    Product,
+    ProductTag,
+    ProductVariant,
+    Store,
+)
+from ecpower.commerce.tasks import csv_import_enqueue
+
+
+@admin.register(Store)
+class StoreAdmin(admin.ModelAdmin):
+    list_display = ("name", "shopify_domain", "time_zone", "currency", "tag_prefix", "created_at")
+    search_fields = ("name", "shopify_domain")
+    fieldsets = (
+        (None, {"fields": ("name", "shopify_domain", "time_zone", "currency")}),
+        (_("Segments and tags"), {"fields": ("tag_prefix", "notification_email")}),
+        (_("Shopify connection"), {"fields": ("shopify_access_token",)}),
+    )
+
+
+class CustomerTagInline(admin.TabularInline):
+    model = CustomerTag
+    fields = ("name",)
+    extra = 0
+
+
+class CustomerOrderInline(admin.TabularInline):
+    model = Order
+    fields = ("name", "created_at", "ordinal", "total", "refunded_amount", "financial_status", "cancelled_at", "discount_code", "source_name")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = ("display_name", "email", "province_code", "orders_count", "amount_spent", "last_order_at", "email_marketing", "store")
+    list_filter = ("store", "email_marketing", "sms_marketing", "country_code", "province_code")
+    search_fields = ("email", "first_name", "last_name", "phone", "=shopify_id")
+    list_select_related = ("store",)
+    show_full_result_count = False  # counting a million customers on every page is not worth it
+    readonly_fields = (*Customer.FACT_FIELDS, "shopify_created_at", "shopify_updated_at", "created_at")
+    inlines = (CustomerTagInline, CustomerOrderInline)
+    fieldsets = (
+        (None, {"fields": ("store", "shopify_id", ("last_name", "first_name"), "email", "phone", "state", "note")}),
+        (_("Marketing consent"), {"fields": ("email_marketing", "sms_marketing")}),
+        (_("Address"), {"fields": ("country_code", "province_code", "city", "zip")}),
+        (_("Facts from orders"), {"fields": Customer.FACT_FIELDS}),
+        (_("Times"), {"fields": ("shopify_created_at", "shopify_updated_at", "created_at")}),
+    )
+
+    @admin.display(description=_("name"), ordering="last_name")
+    def display_name(self, obj: Customer) -> str:
+        return str(obj)
+
+
+class LineItemInline(admin.TabularInline):
+    model = LineItem
+    fields = ("position", "title", "sku", "product", "product_type", "vendor", "quantity", "unit_price", "discount")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin):
+    list_display = ("name", "customer", "created_at", "ordinal", "total", "refunded_amount", "financial_status", "cancelled_at", "source_name", "store")
+    list_filter = ("store", "financial_status", "test", "source_name", "utm_campaign")
+    search_fields = ("name", "email", "discount_code", "=shopify_id")
+    list_select_related = ("customer", "store")
+    raw_id_fields = ("customer",)
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    readonly_fields = ("ordinal",)
+    inlines = (LineItemInline,)
+
+
+class ProductVariantInline(admin.TabularInline):
+    model = ProductVariant
+    fields = ("position", "sku", "title", "price")
+    extra = 0
+
+
+class ProductTagInline(admin.TabularInline):
+    model = ProductTag
+    fields = ("name",)
+    extra = 0
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ("title", "handle", "product_type", "vendor", "variant_count", "store")
+    list_filter = ("store", "product_type", "vendor")
+    search_fields = ("title", "handle", "variants__sku")
+    list_select_related = ("store",)
+    inlines = (ProductVariantInline, ProductTagInline)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(variant_total=Count("variants"))
+
+    @admin.display(description=_("variants"), ordering="variant_total")
+    def variant_count(self, obj: Product) -> int:
+        return obj.variant_total
+
+
+@admin.register(CsvImport)
+class CsvImportAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "store", "status", "progress_bar", "created_by")
+    list_filter = ("store", "status")
+    list_select_related = ("store", "created_by")
+    fields = ("store", "customers_file", "products_file", "orders_file")
+    readonly_fields = ("status", "progress_bar", "summary", "error", "created_by", "started_at", "finished_at")
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return self.fields
+        return ("store", "status", "progress_bar", "summary", "error", "created_by", "started_at", "finished_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj is None else ("store", *self.readonly_fields)
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None or super().has_change_permission(request, obj)
+
+    @admin.display(description=_("progress"))
+    def progress_bar(self, obj: CsvImport) -> str:
+        label = f"{obj.stage} {obj.progress_done}/{obj.progress_total}" if obj.status == CsvImportStatus.RUNNING else obj.get_status_display()
+        return format_html('<progress max="100" value="{}"></progress> {}', obj.percent, label)
+
+    def save_model(self, request, obj: CsvImport, form, change):
+        if not change:
+            if not (obj.customers_file or obj.products_file or obj.orders_file):
+                messages.error(request, _("Choose at least one file."))
+                return
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        if not change:
+            csv_import_enqueue(obj)
+            messages.info(request, _("The import is queued; this page shows its progress."))

@@ -1,0 +1,62 @@
+"""Bulk writes for large loads: COPY on PostgreSQL, batched bulk_create elsewhere.
+
+Rows carry explicit primary keys from ``reserve_ids`` so that parents and children can be
+written in separate streams without a round trip per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from django.db import connection, models
+
+
+def reserve_ids(model: type[models.Model], count: int) -> int:
+    """First id of a block of ``count`` ids nobody else will use (the table is locked until commit).
+
+    Call inside a transaction, and call ``sync_id_sequence`` after the rows are written.
+    """
+    table = connection.ops.quote_name(model._meta.db_table)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+        cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")
+        return cursor.fetchone()[0] + 1
+
+
+def sync_id_sequence(model: type[models.Model]) -> None:
+    """After explicit ids were written, make the table's own id sequence continue past them."""
+    if connection.vendor != "postgresql":
+        return  # SQLite's rowid continues from MAX(id) by itself.
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT setval(pg_get_serial_sequence(%s, 'id'), (SELECT GREATEST(MAX(id), 1) FROM {connection.ops.quote_name(table)}))",
+            [table],
+        )
+
+
+def bulk_insert(model: type[models.Model], columns: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """Insert rows (tuples in ``columns`` order, database column names) and return how many."""
+    count = 0
+    if connection.vendor == "postgresql":
+        table = connection.ops.quote_name(model._meta.db_table)
+        column_list = ", ".join(connection.ops.quote_name(c) for c in columns)
+        with connection.cursor() as cursor:
+            with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+        return count
+
+    attnames = {f.column: f.attname for f in model._meta.concrete_fields}
+    names = [attnames[c] for c in columns]
+    batch: list[models.Model] = []
+    for row in rows:
+        batch.append(model(**dict(zip(names, row, strict=True))))
+        if len(batch) >= 5000:
+            model.objects.bulk_create(batch)
+            count += len(batch)
+            batch = []
+    model.objects.bulk_create(batch)
+    return count + len(batch)

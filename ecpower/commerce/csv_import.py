@@ -1,0 +1,375 @@
+"""Import Shopify's admin CSV exports into a store: the ``shopify_csv_import`` service.
+
+All files are parsed first; any error aborts before a write. Then everything is written in one
+transaction with bulk statements, upserting on Shopify ids, emails (case-insensitive), product
+handles and order names, so importing the same files again changes nothing. Finally the facts
+service refreshes the customers the import touched.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models.functions import Lower
+
+from ecpower.commerce.models import (
+    Customer,
+    CustomerTag,
+    LineItem,
+    Order,
+    Product,
+    ProductTag,
+    ProductVariant,
+    Store,
+)
+from ecpower.commerce.services import customer_facts_refresh, line_items_link_products
+from ecpower.commerce.shopify_csv import (
+    CustomerRecord,
+    OrderRecord,
+    ProductRecord,
+    parse_customers,
+    parse_orders,
+    parse_products,
+)
+
+BATCH = 1000
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class EntityCounts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged}
+
+
+@dataclass
+class ImportSummary:
+    customers: EntityCounts = field(default_factory=EntityCounts)
+    products: EntityCounts = field(default_factory=EntityCounts)
+    orders: EntityCounts = field(default_factory=EntityCounts)
+    line_items_linked: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "customers": self.customers.as_dict(),
+            "products": self.products.as_dict(),
+            "orders": self.orders.as_dict(),
+            "line_items_linked": self.line_items_linked,
+        }
+
+    def lines(self) -> list[str]:
+        out = []
+        for label, counts in (("customers", self.customers), ("products", self.products), ("orders", self.orders)):
+            out.append(
+                f"{label:<10} created {counts.created:>8}  updated {counts.updated:>8}  "
+                f"skipped (unchanged) {counts.unchanged:>8}"
+            )
+        return out
+
+
+@dataclass
+class CsvFile:
+    name: str
+    data: bytes
+
+
+def _chunks(items: Sequence, size: int = BATCH) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _noop_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def shopify_csv_import(
+    *,
+    store: Store,
+    customers: CsvFile | None = None,
+    products: CsvFile | None = None,
+    orders: CsvFile | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    progress = progress or _noop_progress
+    zone = zoneinfo.ZoneInfo(store.time_zone)
+    customer_records = parse_customers(customers.data, file_name=customers.name) if customers else []
+    product_records = parse_products(products.data, file_name=products.name) if products else []
+    order_records = parse_orders(orders.data, file_name=orders.name, zone=zone) if orders else []
+
+    summary = ImportSummary()
+    with transaction.atomic():
+        touched_customers: set[int] = set()
+        if customer_records:
+            touched_customers |= _write_customers(store, customer_records, summary.customers, progress)
+        if product_records:
+            _write_products(store, product_records, summary.products, progress)
+        if order_records:
+            touched_customers |= _write_orders(store, order_records, summary.orders, progress)
+        summary.line_items_linked = line_items_link_products(store=store)
+        progress("facts", 0, len(touched_customers))
+        customer_facts_refresh(store=store, customer_ids=touched_customers)
+        progress("facts", len(touched_customers), len(touched_customers))
+    return summary
+
+
+# --- customers --------------------------------------------------------------------------------
+
+
+def _existing_customers(store: Store, shopify_ids: list[int], emails: list[str]) -> tuple[dict, dict]:
+    by_id: dict[int, Customer] = {}
+    by_email: dict[str, Customer] = {}
+    for chunk in _chunks(shopify_ids):
+        for customer in Customer.objects.filter(store=store, shopify_id__in=chunk):
+            by_id[customer.shopify_id] = customer
+    for chunk in _chunks(emails):
+        for customer in Customer.objects.annotate(email_lower=Lower("email")).filter(
+            store=store, email_lower__in=chunk
+        ):
+            by_email[customer.email.lower()] = customer
+    return by_id, by_email
+
+
+def _apply(instance, values: dict[str, object]) -> list[str]:
+    changed = []
+    for name, value in values.items():
+        if getattr(instance, name) != value:
+            setattr(instance, name, value)
+            changed.append(name)
+    return changed
+
+
+def _write_customers(
+    store: Store, records: list[CustomerRecord], counts: EntityCounts, progress: Progress
+) -> set[int]:
+    by_id, by_email = _existing_customers(
+        store,
+        [r.shopify_id for r in records if r.shopify_id is not None],
+        [r.email.lower() for r in records if r.email],
+    )
+    new: list[tuple[CustomerRecord, Customer]] = []
+    changed: dict[int, Customer] = {}
+    changed_fields: set[str] = set()
+    matched: list[tuple[CustomerRecord, Customer]] = []
+    for done, record in enumerate(records, 1):
+        customer = by_id.get(record.shopify_id) if record.shopify_id is not None else None
+        if customer is None and record.email:
+            customer = by_email.get(record.email.lower())
+        values = dict(record.fields)
+        if record.shopify_id is not None:
+            values["shopify_id"] = record.shopify_id
+        if customer is None:
+            new.append((record, Customer(store=store, **values)))
+            continue
+        fields = _apply(customer, values)
+        if fields:
+            changed[customer.pk] = customer
+            changed_fields.update(fields)
+        matched.append((record, customer))
+        if done % BATCH == 0:
+            progress("customers", done, len(records))
+    Customer.objects.bulk_create([c for _r, c in new], batch_size=BATCH)
+    if changed:
+        Customer.objects.bulk_update(list(changed.values()), sorted(changed_fields), batch_size=BATCH)
+    progress("customers", len(records), len(records))
+
+    tag_changed = _write_customer_tags(store, [*new, *matched])
+    counts.created += len(new)
+    updated = set(changed) | (tag_changed - {c.pk for _r, c in new})
+    counts.updated += len(updated)
+    counts.unchanged += len(matched) - len(updated & {c.pk for _r, c in matched})
+    return {c.pk for _r, c in new} | {c.pk for _r, c in matched}
+
+
+def _write_customer_tags(store: Store, pairs: list[tuple[CustomerRecord, Customer]]) -> set[int]:
+    """Make each customer's tags equal to the file's Tags cell. Returns customers whose tags changed."""
+    wanted = {c.pk: r.tags for r, c in pairs if r.tags is not None}
+    existing: dict[int, dict[str, CustomerTag]] = defaultdict(dict)
+    for chunk in _chunks(list(wanted)):
+        for tag in CustomerTag.objects.filter(customer_id__in=chunk):
+            existing[tag.customer_id][tag.name] = tag
+    to_create: list[CustomerTag] = []
+    to_delete: list[int] = []
+    changed: set[int] = set()
+    for customer_id, tags in wanted.items():
+        have = existing.get(customer_id, {})
+        for name in tags:
+            if name not in have:
+                to_create.append(CustomerTag(store=store, customer_id=customer_id, name=name))
+                changed.add(customer_id)
+        for name, tag in have.items():
+            if name not in tags:
+                to_delete.append(tag.pk)
+                changed.add(customer_id)
+    for chunk in _chunks(to_delete):
+        CustomerTag.objects.filter(pk__in=chunk).delete()
+    CustomerTag.objects.bulk_create(to_create, batch_size=BATCH)
+    return changed
+
+
+# --- products ---------------------------------------------------------------------------------
+
+
+def _write_products(store: Store, records: list[ProductRecord], counts: EntityCounts, progress: Progress) -> None:
+    existing: dict[str, Product] = {}
+    for chunk in _chunks([r.handle for r in records]):
+        existing.update({p.handle: p for p in Product.objects.filter(store=store, handle__in=chunk)})
+    new: list[tuple[ProductRecord, Product]] = []
+    changed: list[Product] = []
+    changed_fields: set[str] = set()
+    matched: list[tuple[ProductRecord, Product]] = []
+    for record in records:
+        product = existing.get(record.handle)
+        if product is None:
+            new.append((record, Product(store=store, handle=record.handle, **record.fields)))
+            continue
+        fields = _apply(product, record.fields)
+        if fields:
+            changed.append(product)
+            changed_fields.update(fields)
+        matched.append((record, product))
+    Product.objects.bulk_create([p for _r, p in new], batch_size=BATCH)
+    if changed:
+        Product.objects.bulk_update(changed, sorted(changed_fields), batch_size=BATCH)
+    progress("products", len(records), len(records))
+
+    pairs = [*new, *matched]
+    product_ids = [p.pk for _r, p in pairs]
+    have_tags: dict[int, list[str]] = defaultdict(list)
+    have_variants: dict[int, list[tuple]] = defaultdict(list)
+    for chunk in _chunks(product_ids):
+        for product_id, name in ProductTag.objects.filter(product_id__in=chunk).values_list("product_id", "name"):
+            have_tags[product_id].append(name)
+        for row in ProductVariant.objects.filter(product_id__in=chunk).order_by("position").values_list(
+            "product_id", "sku", "title", "price", "position"
+        ):
+            have_variants[row[0]].append(row[1:])
+    replace_tags, replace_variants = [], []
+    for record, product in pairs:
+        if sorted(have_tags[product.pk]) != sorted(record.tags):
+            replace_tags.append((record, product))
+        wanted_variants = [(v.sku, v.title, v.price, v.position) for v in record.variants]
+        if have_variants[product.pk] != wanted_variants:
+            replace_variants.append((record, product))
+    for chunk in _chunks([p.pk for _r, p in replace_tags]):
+        ProductTag.objects.filter(product_id__in=chunk).delete()
+    ProductTag.objects.bulk_create(
+        [ProductTag(store=store, product=p, name=t) for r, p in replace_tags for t in r.tags], batch_size=BATCH
+    )
+    for chunk in _chunks([p.pk for _r, p in replace_variants]):
+        ProductVariant.objects.filter(product_id__in=chunk).delete()
+    ProductVariant.objects.bulk_create(
+        [
+            ProductVariant(store=store, product=p, sku=v.sku, title=v.title, price=v.price, position=v.position)
+            for r, p in replace_variants
+            for v in r.variants
+        ],
+        batch_size=BATCH,
+    )
+    new_ids = {p.pk for _r, p in new}
+    updated = {p.pk for p in changed} | {p.pk for _r, p in replace_tags + replace_variants if p.pk not in new_ids}
+    counts.created += len(new)
+    counts.updated += len(updated)
+    counts.unchanged += len(matched) - len(updated)
+
+
+# --- orders -----------------------------------------------------------------------------------
+
+
+def _customers_for_orders(store: Store, records: list[OrderRecord]) -> dict[str, int]:
+    """Customer id per lower-cased order email; customers missing from the store are created."""
+    emails = sorted({r.email.lower() for r in records if r.email})
+    _by_id, by_email = _existing_customers(store, [], emails)
+    ids = {email: customer.pk for email, customer in by_email.items()}
+    first_record = {}
+    for record in records:
+        if record.email and record.email.lower() not in ids:
+            first_record.setdefault(record.email.lower(), record)
+    new = [Customer(store=store, email=r.email, **r.customer_fields) for r in first_record.values()]
+    Customer.objects.bulk_create(new, batch_size=BATCH)
+    ids.update({c.email.lower(): c.pk for c in new})
+    return ids
+
+
+def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts, progress: Progress) -> set[int]:
+    customer_ids = _customers_for_orders(store, records)
+    existing: dict[str, Order] = {}
+    for chunk in _chunks([r.name for r in records]):
+        existing.update({o.name: o for o in Order.objects.filter(store=store, name__in=chunk)})
+    touched_customers: set[int] = set()
+    new: list[tuple[OrderRecord, Order]] = []
+    changed: list[Order] = []
+    changed_fields: set[str] = set()
+    matched: list[tuple[OrderRecord, Order]] = []
+    for done, record in enumerate(records, 1):
+        values = dict(record.fields)
+        values["customer_id"] = customer_ids.get(record.email.lower()) if record.email else None
+        if record.shopify_id is not None:
+            values["shopify_id"] = record.shopify_id
+        order = existing.get(record.name)
+        if order is None:
+            order = Order(store=store, name=record.name, **values)
+            new.append((record, order))
+        else:
+            previous_customer = order.customer_id
+            fields = _apply(order, values)
+            if fields:
+                changed.append(order)
+                changed_fields.update(fields)
+                if previous_customer:
+                    touched_customers.add(previous_customer)
+            matched.append((record, order))
+        if values["customer_id"]:
+            touched_customers.add(values["customer_id"])
+        if done % BATCH == 0:
+            progress("orders", done, len(records))
+    Order.objects.bulk_create([o for _r, o in new], batch_size=BATCH)
+    if changed:
+        Order.objects.bulk_update(changed, sorted(changed_fields), batch_size=BATCH)
+
+    have_items: dict[int, list[tuple]] = defaultdict(list)
+    for chunk in _chunks([o.pk for _r, o in matched]):
+        for row in LineItem.objects.filter(order_id__in=chunk).order_by("position").values_list(
+            "order_id", "sku", "title", "vendor", "quantity", "unit_price", "discount", "position"
+        ):
+            have_items[row[0]].append(row[1:])
+    replace = list(new)
+    replaced_existing = set()
+    for record, order in matched:
+        wanted = [(i.sku, i.title, i.vendor, i.quantity, i.unit_price, i.discount, i.position) for i in record.line_items]
+        if have_items[order.pk] != wanted:
+            replace.append((record, order))
+            replaced_existing.add(order.pk)
+    for chunk in _chunks(sorted(replaced_existing)):
+        LineItem.objects.filter(order_id__in=chunk).delete()
+    LineItem.objects.bulk_create(
+        [
+            LineItem(
+                store=store,
+                order=order,
+                sku=i.sku,
+                title=i.title,
+                vendor=i.vendor,
+                quantity=i.quantity,
+                unit_price=i.unit_price,
+                discount=i.discount,
+                position=i.position,
+            )
+            for record, order in replace
+            for i in record.line_items
+        ],
+        batch_size=BATCH,
+    )
+    progress("orders", len(records), len(records))
+    updated = {o.pk for o in changed} | replaced_existing
+    counts.created += len(new)
+    counts.updated += len(updated)
+    counts.unchanged += len(matched) - len(updated)
+    return touched_customers

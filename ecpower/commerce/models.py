@@ -1,0 +1,416 @@
+"""The store's data: what Shopify knows about customers, products and orders, plus the facts
+we derive from orders (see docs/data-model.md for the rules).
+
+Every row carries ``store``; every query is scoped by it. Models hold fields, constraints and
+small properties only: writes go through ``services``, reads through ``selectors``.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Lower
+from django.utils.translation import gettext_lazy as _
+
+from ecpower.crypto import EncryptedTextField
+
+MONEY = {"max_digits": 14, "decimal_places": 2}
+
+
+def validate_time_zone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(_("%(value)s is not a known time zone."), params={"value": value})
+
+
+def default_time_zone() -> str:
+    return settings.TIME_ZONE
+
+
+class Store(models.Model):
+    name = models.CharField(_("name"), max_length=200)
+    shopify_domain = models.CharField(
+        _("Shopify domain"), max_length=255, unique=True, help_text=_("e.g. my-shop.myshopify.com")
+    )
+    time_zone = models.CharField(
+        _("time zone"), max_length=64, default=default_time_zone, validators=[validate_time_zone]
+    )
+    currency = models.CharField(_("currency"), max_length=3, default="JPY")
+    tag_prefix = models.CharField(
+        _("tag prefix"),
+        max_length=20,
+        default="ecp-",
+        help_text=_("Prefix of the Shopify customer tags this product writes."),
+    )
+    notification_email = models.EmailField(_("notification email"), blank=True)
+    shopify_access_token = EncryptedTextField(
+        _("Shopify Admin API access token"), blank=True, help_text=_("Stored encrypted.")
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("store")
+        verbose_name_plural = _("stores")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name or self.shopify_domain
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone)
+
+
+class MarketingState(models.TextChoices):
+    SUBSCRIBED = "SUBSCRIBED", _("Subscribed")
+    NOT_SUBSCRIBED = "NOT_SUBSCRIBED", _("Not subscribed")
+    UNSUBSCRIBED = "UNSUBSCRIBED", _("Unsubscribed")
+    PENDING = "PENDING", _("Pending")
+    REDACTED = "REDACTED", _("Redacted")
+    INVALID = "INVALID", _("Invalid")
+
+
+class CustomerState(models.TextChoices):
+    ENABLED = "ENABLED", _("Enabled")
+    DISABLED = "DISABLED", _("Disabled")
+    INVITED = "INVITED", _("Invited")
+    DECLINED = "DECLINED", _("Declined")
+
+
+class Customer(models.Model):
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="customers", verbose_name=_("store"))
+    shopify_id = models.BigIntegerField(_("Shopify ID"), null=True, blank=True)
+    email = models.CharField(_("email"), max_length=254, blank=True)
+    phone = models.CharField(_("phone"), max_length=40, blank=True)
+    first_name = models.CharField(_("first name"), max_length=255, blank=True)
+    last_name = models.CharField(_("last name"), max_length=255, blank=True)
+    email_marketing = models.CharField(
+        _("email marketing"), max_length=20, choices=MarketingState.choices, default=MarketingState.NOT_SUBSCRIBED
+    )
+    sms_marketing = models.CharField(
+        _("SMS marketing"), max_length=20, choices=MarketingState.choices, default=MarketingState.NOT_SUBSCRIBED
+    )
+    country_code = models.CharField(_("country"), max_length=2, blank=True)
+    province_code = models.CharField(_("province code"), max_length=10, blank=True, help_text=_("e.g. JP-13"))
+    city = models.CharField(_("city"), max_length=255, blank=True)
+    zip = models.CharField(_("postal code"), max_length=20, blank=True)
+    state = models.CharField(_("account state"), max_length=10, choices=CustomerState.choices, blank=True)
+    note = models.TextField(_("note"), blank=True)
+    shopify_created_at = models.DateTimeField(_("created in Shopify"), null=True, blank=True)
+    shopify_updated_at = models.DateTimeField(_("updated in Shopify"), null=True, blank=True)
+
+    # Facts derived from counted orders by services.customer_facts_refresh (docs/data-model.md).
+    orders_count = models.PositiveIntegerField(_("orders"), default=0)
+    amount_spent = models.DecimalField(_("amount spent"), default=0, **MONEY)
+    average_order_value = models.DecimalField(_("average order value"), null=True, blank=True, **MONEY)
+    first_order_at = models.DateTimeField(_("first order"), null=True, blank=True)
+    last_order_at = models.DateTimeField(_("last order"), null=True, blank=True)
+    first_order_discount_code = models.CharField(_("first order discount code"), max_length=255, blank=True)
+    first_order_source = models.CharField(_("first order source"), max_length=255, blank=True)
+    first_order_utm_source = models.CharField(_("first order UTM source"), max_length=255, blank=True)
+    first_order_utm_medium = models.CharField(_("first order UTM medium"), max_length=255, blank=True)
+    first_order_utm_campaign = models.CharField(_("first order UTM campaign"), max_length=255, blank=True)
+
+    created_at = models.DateTimeField(_("added"), auto_now_add=True)
+
+    FACT_FIELDS = (
+        "orders_count",
+        "amount_spent",
+        "average_order_value",
+        "first_order_at",
+        "last_order_at",
+        "first_order_discount_code",
+        "first_order_source",
+        "first_order_utm_source",
+        "first_order_utm_medium",
+        "first_order_utm_campaign",
+    )
+
+    class Meta:
+        verbose_name = _("customer")
+        verbose_name_plural = _("customers")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["store", "shopify_id"],
+                condition=Q(shopify_id__isnull=False),
+                name="customer_unique_shopify_id_per_store",
+            ),
+            # Emails match case-insensitively (Shopify exports mix the case of one address).
+            models.UniqueConstraint(
+                "store",
+                Lower("email"),
+                condition=~Q(email=""),
+                name="customer_unique_email_per_store",
+            ),
+        ]
+        indexes = [
+            # Admin and API list customers of one store, newest first.
+            models.Index(fields=["store", "-id"], name="customer_store_recent"),
+        ]
+
+    def __str__(self) -> str:
+        name = f"{self.last_name} {self.first_name}".strip()
+        return name or self.email or f"#{self.pk}"
+
+
+class CustomerTag(models.Model):
+    """One Shopify customer tag of one customer, as Shopify writes it (trimmed)."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="tags", verbose_name=_("customer"))
+    name = models.CharField(_("tag"), max_length=255)
+
+    class Meta:
+        verbose_name = _("customer tag")
+        verbose_name_plural = _("customer tags")
+        constraints = [models.UniqueConstraint(fields=["customer", "name"], name="customer_tag_unique")]
+        indexes = [
+            # customer_tags CONTAINS 'x' conditions and the popular-tags insight.
+            models.Index(fields=["store", "name"], name="customer_tag_store_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Product(models.Model):
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="products", verbose_name=_("store"))
+    shopify_id = models.BigIntegerField(_("Shopify ID"), null=True, blank=True)
+    handle = models.CharField(_("handle"), max_length=255)
+    title = models.CharField(_("title"), max_length=255)
+    product_type = models.CharField(_("product type"), max_length=255, blank=True)
+    vendor = models.CharField(_("vendor"), max_length=255, blank=True)
+    category = models.CharField(_("category"), max_length=500, blank=True)
+    status = models.CharField(_("status"), max_length=20, blank=True)
+
+    class Meta:
+        verbose_name = _("product")
+        verbose_name_plural = _("products")
+        constraints = [
+            models.UniqueConstraint(fields=["store", "handle"], name="product_unique_handle_per_store"),
+            models.UniqueConstraint(
+                fields=["store", "shopify_id"],
+                condition=Q(shopify_id__isnull=False),
+                name="product_unique_shopify_id_per_store",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ProductTag(models.Model):
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="tags", verbose_name=_("product"))
+    name = models.CharField(_("tag"), max_length=255)
+
+    class Meta:
+        verbose_name = _("product tag")
+        verbose_name_plural = _("product tags")
+        constraints = [models.UniqueConstraint(fields=["product", "name"], name="product_tag_unique")]
+        indexes = [
+            # products_purchased MATCHES (tag = 'x') looks products up by tag.
+            models.Index(fields=["store", "name"], name="product_tag_store_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ProductVariant(models.Model):
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="variants", verbose_name=_("product"))
+    shopify_id = models.BigIntegerField(_("Shopify ID"), null=True, blank=True)
+    sku = models.CharField(_("SKU"), max_length=255, blank=True)
+    title = models.CharField(_("title"), max_length=255, blank=True)
+    price = models.DecimalField(_("price"), null=True, blank=True, **MONEY)
+    position = models.PositiveSmallIntegerField(_("position"), default=1)
+
+    class Meta:
+        verbose_name = _("product variant")
+        verbose_name_plural = _("product variants")
+        ordering = ["product", "position"]
+        indexes = [
+            # Line items are matched to products by SKU on import.
+            models.Index(fields=["store", "sku"], name="variant_store_sku"),
+        ]
+
+    def __str__(self) -> str:
+        return self.sku or self.title or f"#{self.pk}"
+
+
+class FinancialStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    AUTHORIZED = "authorized", _("Authorized")
+    PARTIALLY_PAID = "partially_paid", _("Partially paid")
+    PAID = "paid", _("Paid")
+    PARTIALLY_REFUNDED = "partially_refunded", _("Partially refunded")
+    REFUNDED = "refunded", _("Refunded")
+    VOIDED = "voided", _("Voided")
+    EXPIRED = "expired", _("Expired")
+
+
+class OrderQuerySet(models.QuerySet):
+    def counted(self) -> OrderQuerySet:
+        """Orders that count towards customer facts: not cancelled and not test orders."""
+        return self.filter(cancelled_at__isnull=True, test=False)
+
+
+class Order(models.Model):
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="orders", verbose_name=_("store"))
+    shopify_id = models.BigIntegerField(_("Shopify ID"), null=True, blank=True)
+    name = models.CharField(_("order"), max_length=64, help_text=_("e.g. #1001"))
+    customer = models.ForeignKey(
+        Customer,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="orders",
+        verbose_name=_("customer"),
+        help_text=_("Empty for guest orders."),
+    )
+    email = models.CharField(_("email"), max_length=254, blank=True)
+    created_at = models.DateTimeField(_("created at"))
+    processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
+    shopify_updated_at = models.DateTimeField(_("updated in Shopify"), null=True, blank=True)
+    currency = models.CharField(_("currency"), max_length=3, blank=True)
+    subtotal = models.DecimalField(_("subtotal"), default=0, **MONEY)
+    total_discounts = models.DecimalField(_("discounts"), default=0, **MONEY)
+    discount_code = models.CharField(_("discount code"), max_length=255, blank=True)
+    shipping = models.DecimalField(_("shipping"), default=0, **MONEY)
+    tax = models.DecimalField(_("tax"), default=0, **MONEY)
+    total = models.DecimalField(_("total"), default=0, **MONEY)
+    refunded_amount = models.DecimalField(_("refunded"), default=0, **MONEY)
+    source_name = models.CharField(_("source"), max_length=255, blank=True, help_text=_("web, pos, an app…"))
+    landing_site = models.CharField(_("landing page"), max_length=2000, blank=True)
+    referring_site = models.CharField(_("referring site"), max_length=2000, blank=True)
+    utm_source = models.CharField(_("UTM source"), max_length=255, blank=True)
+    utm_medium = models.CharField(_("UTM medium"), max_length=255, blank=True)
+    utm_campaign = models.CharField(_("UTM campaign"), max_length=255, blank=True)
+    utm_content = models.CharField(_("UTM content"), max_length=255, blank=True)
+    utm_term = models.CharField(_("UTM term"), max_length=255, blank=True)
+    tags = models.CharField(_("order tags"), max_length=2000, blank=True, help_text=_("Comma separated."))
+    financial_status = models.CharField(
+        _("financial status"), max_length=20, choices=FinancialStatus.choices, blank=True
+    )
+    fulfillment_status = models.CharField(_("fulfillment status"), max_length=20, blank=True)
+    cancelled_at = models.DateTimeField(_("cancelled at"), null=True, blank=True)
+    test = models.BooleanField(_("test order"), default=False)
+    ordinal = models.PositiveIntegerField(
+        _("order number of the customer"),
+        null=True,
+        blank=True,
+        help_text=_("1 for the customer's first counted order, 2 for the second… Empty when not counted."),
+    )
+
+    objects = OrderQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("order")
+        verbose_name_plural = _("orders")
+        constraints = [
+            models.UniqueConstraint(fields=["store", "name"], name="order_unique_name_per_store"),
+            models.UniqueConstraint(
+                fields=["store", "shopify_id"],
+                condition=Q(shopify_id__isnull=False),
+                name="order_unique_shopify_id_per_store",
+            ),
+        ]
+        indexes = [
+            # Facts refresh (ordinal window per customer) and "order number k" conditions.
+            models.Index(fields=["customer", "ordinal"], name="order_customer_ordinal"),
+            # Daily revenue of a store and date-windowed order conditions.
+            models.Index(fields=["store", "created_at"], name="order_store_created"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_counted(self) -> bool:
+        return self.cancelled_at is None and not self.test
+
+    @property
+    def net_total(self):
+        return self.total - self.refunded_amount
+
+
+class LineItem(models.Model):
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="line_items", verbose_name=_("order"))
+    product = models.ForeignKey(
+        Product,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="line_items",
+        verbose_name=_("product"),
+        help_text=_("Matched by SKU, else by title."),
+    )
+    sku = models.CharField(_("SKU"), max_length=255, blank=True)
+    title = models.CharField(_("title"), max_length=500)
+    vendor = models.CharField(_("vendor"), max_length=255, blank=True)
+    product_type = models.CharField(_("product type"), max_length=255, blank=True)
+    quantity = models.PositiveIntegerField(_("quantity"), default=1)
+    unit_price = models.DecimalField(_("unit price"), default=0, **MONEY)
+    discount = models.DecimalField(_("discount"), default=0, **MONEY)
+    position = models.PositiveSmallIntegerField(_("position"), default=1)
+
+    class Meta:
+        verbose_name = _("line item")
+        verbose_name_plural = _("line items")
+        ordering = ["order", "position"]
+        indexes = [
+            # products_purchased conditions join line items of a product to their orders.
+            models.Index(fields=["product", "order"], name="line_item_product_order"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class CsvImportStatus(models.TextChoices):
+    PENDING = "pending", _("Waiting")
+    RUNNING = "running", _("Running")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    FAILED = "failed", _("Failed")
+
+
+class CsvImport(models.Model):
+    """One upload of Shopify CSV exports from the admin, imported by a background task."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="csv_imports", verbose_name=_("store"))
+    customers_file = models.FileField(_("customers_export.csv"), upload_to="imports/%Y/%m/", blank=True)
+    products_file = models.FileField(_("products_export.csv"), upload_to="imports/%Y/%m/", blank=True)
+    orders_file = models.FileField(_("orders_export.csv"), upload_to="imports/%Y/%m/", blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=CsvImportStatus.choices, default=CsvImportStatus.PENDING
+    )
+    stage = models.CharField(_("stage"), max_length=20, blank=True)
+    progress_done = models.PositiveIntegerField(_("done"), default=0)
+    progress_total = models.PositiveIntegerField(_("total"), default=0)
+    summary = models.JSONField(_("summary"), default=dict, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, verbose_name=_("uploaded by")
+    )
+    created_at = models.DateTimeField(_("uploaded at"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("CSV import")
+        verbose_name_plural = _("CSV imports")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.store} {self.created_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def percent(self) -> int:
+        if not self.progress_total:
+            return 100 if self.status == CsvImportStatus.SUCCEEDED else 0
+        return min(100, round(100 * self.progress_done / self.progress_total))

@@ -1,0 +1,170 @@
+"""Writes to the store's data that every ingest path shares.
+
+``customer_facts_refresh`` is the one place that derives customer facts and order ordinals from
+orders. It is set-based: a handful of SQL statements per call, whatever the number of customers,
+written in the SQL that PostgreSQL and SQLite (3.33+) both run. The rule it implements is
+documented in docs/data-model.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from django.db import connection, transaction
+
+from ecpower.commerce.models import (
+    Customer,
+    CustomerTag,
+    LineItem,
+    Order,
+    Product,
+    ProductTag,
+    ProductVariant,
+    Store,
+)
+
+# Customer ids per statement when a subset of a store is refreshed (bounded SQL parameters).
+FACTS_CHUNK_SIZE = 2000
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _scope(column: str, ids: Sequence[int] | None) -> tuple[str, list[int]]:
+    if ids is None:
+        return "", []
+    return f" AND {column} IN ({', '.join(['%s'] * len(ids))})", list(ids)
+
+
+@transaction.atomic
+def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None = None) -> None:
+    """Recompute order ordinals and customer facts for ``customer_ids`` (default: the whole store).
+
+    A counted order is one that is not cancelled and not a test order. Its ordinal is its rank
+    among the customer's counted orders by creation time (ties broken by id); other orders have
+    no ordinal. Facts are aggregates over counted orders; customers without any are reset.
+    """
+    if customer_ids is None:
+        _refresh_scope(store.pk, None)
+        return
+    ids = sorted(set(customer_ids))
+    for chunk in _chunks(ids, FACTS_CHUNK_SIZE):
+        _refresh_scope(store.pk, chunk)
+
+
+def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> None:
+    order = Order._meta.db_table
+    customer = Customer._meta.db_table
+    order_scope, order_params = _scope("customer_id", ids)
+    customer_scope, customer_params = _scope("id", ids)
+    # Whole-store refreshes also clear ordinals left on guest orders (customer deleted or unlinked).
+    guest_clause = " OR customer_id IS NULL" if ids is None else ""
+
+    with connection.cursor() as cursor:
+        # 1. Orders that do not count lose their ordinal.
+        cursor.execute(
+            f"""
+            UPDATE {order} SET ordinal = NULL
+            WHERE store_id = %s{order_scope} AND ordinal IS NOT NULL
+              AND (cancelled_at IS NOT NULL OR test = %s{guest_clause})
+            """,
+            [store_id, *order_params, True],
+        )
+        # 2. Counted orders get their rank per customer.
+        cursor.execute(
+            f"""
+            UPDATE {order} AS o SET ordinal = r.rn
+            FROM (
+                SELECT id, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY created_at, id) AS rn
+                FROM {order}
+                WHERE store_id = %s{order_scope} AND customer_id IS NOT NULL
+                  AND cancelled_at IS NULL AND test = %s
+            ) AS r
+            WHERE o.id = r.id AND (o.ordinal IS NULL OR o.ordinal <> r.rn)
+            """,
+            [store_id, *order_params, False],
+        )
+        # 3. Customers without counted orders are reset.
+        cursor.execute(
+            f"""
+            UPDATE {customer} SET
+                orders_count = 0, amount_spent = 0, average_order_value = NULL,
+                first_order_at = NULL, last_order_at = NULL,
+                first_order_discount_code = '', first_order_source = '',
+                first_order_utm_source = '', first_order_utm_medium = '', first_order_utm_campaign = ''
+            WHERE store_id = %s{customer_scope}
+              AND (orders_count <> 0 OR first_order_at IS NOT NULL)
+              AND NOT EXISTS (
+                  SELECT 1 FROM {order} o WHERE o.customer_id = {customer}.id AND o.ordinal IS NOT NULL
+              )
+            """,
+            [store_id, *customer_params],
+        )
+        # 4. Everyone else gets aggregates over counted orders and their first order's attributes.
+        cursor.execute(
+            f"""
+            UPDATE {customer} AS c SET
+                orders_count = a.n,
+                amount_spent = a.spent,
+                average_order_value = ROUND(a.spent * 1.0 / a.n, 2),
+                first_order_at = a.first_at,
+                last_order_at = a.last_at,
+                first_order_discount_code = f.discount_code,
+                first_order_source = f.source_name,
+                first_order_utm_source = f.utm_source,
+                first_order_utm_medium = f.utm_medium,
+                first_order_utm_campaign = f.utm_campaign
+            FROM (
+                SELECT customer_id, COUNT(*) AS n, SUM(total - refunded_amount) AS spent,
+                       MIN(created_at) AS first_at, MAX(created_at) AS last_at
+                FROM {order}
+                WHERE store_id = %s{order_scope} AND ordinal IS NOT NULL
+                GROUP BY customer_id
+            ) AS a
+            JOIN {order} AS f ON f.customer_id = a.customer_id AND f.ordinal = 1
+            WHERE c.id = a.customer_id
+            """,
+            [store_id, *order_params],
+        )
+
+
+def line_items_link_products(*, store: Store) -> int:
+    """Link the store's unlinked line items to products: by SKU first, then by title.
+
+    Shopify's order export names a line item ``Product - Variant`` (or just ``Product``), and
+    carries the SKU when one is set. Returns the number of line items linked.
+    """
+    by_sku = dict(
+        ProductVariant.objects.filter(store=store)
+        .exclude(sku="")
+        .values_list("sku", "product_id")
+    )
+    products = {pk: (title, product_type) for pk, title, product_type in Product.objects.filter(store=store).values_list("pk", "title", "product_type")}
+    by_title = {title: pk for pk, (title, _type) in products.items()}
+
+    to_update: list[LineItem] = []
+    for item in LineItem.objects.filter(store=store, product__isnull=True).only("pk", "sku", "title").iterator(2000):
+        product_id = by_sku.get(item.sku) if item.sku else None
+        if product_id is None:
+            product_id = by_title.get(item.title)
+        if product_id is None and " - " in item.title:
+            product_id = by_title.get(item.title.rsplit(" - ", 1)[0])
+        if product_id is not None:
+            item.product_id = product_id
+            item.product_type = products[product_id][1]
+            to_update.append(item)
+    LineItem.objects.bulk_update(to_update, ["product", "product_type"], batch_size=1000)
+    return len(to_update)
+
+
+def store_data_delete(*, store: Store) -> None:
+    """Delete every customer, product and order of a store (the store row stays).
+
+    Set-based deletes, children first, instead of the ORM's per-object cascade collection,
+    which does not scale to a million customers.
+    """
+    with transaction.atomic():
+        for model in (LineItem, Order, CustomerTag, Customer, ProductTag, ProductVariant, Product):
+            model.objects.filter(store=store)._raw_delete(connection.alias)
