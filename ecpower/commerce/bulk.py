@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from django.db import connection, models
+from django.utils import timezone
 
 
 def reserve_ids(model: type[models.Model], count: int) -> int:
@@ -40,12 +41,20 @@ def bulk_insert(model: type[models.Model], columns: Sequence[str], rows: Iterabl
     """Insert rows (tuples in ``columns`` order, database column names) and return how many."""
     count = 0
     if connection.vendor == "postgresql":
+        # Columns the caller leaves out get the model field's default, as bulk_create would give.
+        defaults = [
+            (f.column, timezone.now() if getattr(f, "auto_now_add", False) or getattr(f, "auto_now", False) else f.get_default())
+            for f in model._meta.concrete_fields
+            if f.column not in columns and not f.primary_key
+        ]
+        all_columns = [*columns, *(c for c, _v in defaults)]
+        tail = tuple(v for _c, v in defaults)
         table = connection.ops.quote_name(model._meta.db_table)
-        column_list = ", ".join(connection.ops.quote_name(c) for c in columns)
+        column_list = ", ".join(connection.ops.quote_name(c) for c in all_columns)
         with connection.cursor() as cursor:
             with cursor.cursor.copy(f"COPY {table} ({column_list}) FROM STDIN") as copy:
                 for row in rows:
-                    copy.write_row(row)
+                    copy.write_row((*row, *tail))
                     count += 1
         return count
 

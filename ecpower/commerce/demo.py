@@ -193,7 +193,7 @@ def generate_demo_store(*, store: Store, customers: int, seed: int, until: dt.da
         )
         sync_id_sequence(Customer)
 
-        orders.sort(key=lambda o: (o["created_at"], o["customer_id"]))
+        orders.sort(key=lambda o: (o["created_at"], o["customer_id"] or 0, o["email"]))
         first_order_id = reserve_ids(Order, len(orders))
         line_count = sum(len(o["lines"]) for o in orders)
         first_line_id = reserve_ids(LineItem, line_count)

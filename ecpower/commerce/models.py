@@ -103,7 +103,7 @@ class Customer(models.Model):
     shopify_updated_at = models.DateTimeField(_("updated in Shopify"), null=True, blank=True)
 
     # Facts derived from counted orders by services.customer_facts_refresh (docs/data-model.md).
-    orders_count = models.PositiveIntegerField(_("orders"), default=0)
+    orders_count = models.PositiveIntegerField(_("number of orders"), default=0)
     amount_spent = models.DecimalField(_("amount spent"), default=0, **MONEY)
     average_order_value = models.DecimalField(_("average order value"), null=True, blank=True, **MONEY)
     first_order_at = models.DateTimeField(_("first order"), null=True, blank=True)

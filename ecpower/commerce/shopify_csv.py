@@ -160,10 +160,19 @@ def parse_shopify_id(value: str) -> int | None:
     raise ValueError(_("%(value)s is not a Shopify id.") % {"value": value})
 
 
+_THOUSANDS = re.compile(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$")
+
+
 def parse_decimal(value: str, *, default: Decimal | None = Decimal("0")) -> Decimal | None:
-    value = clean(value).replace(",", "").replace("¥", "").replace("￥", "")
+    """A plain decimal (``1944.00``); ``1,944`` thousands separators and a yen sign are tolerated,
+    a decimal comma (``1.944,00``) is refused rather than misread."""
+    value = clean(value).lstrip("¥￥")
     if not value:
         return default
+    if "," in value:
+        if not _THOUSANDS.match(value):
+            raise ValueError(_("%(value)s is not a number like 1944.00.") % {"value": value})
+        value = value.replace(",", "")
     try:
         number = Decimal(value)
     except InvalidOperation:

@@ -1,0 +1,130 @@
+"""Customer facts and order ordinals, checked against a plain per-customer computation."""
+
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.django import TestCase
+
+from ecpower.commerce.models import Customer, Order
+from ecpower.commerce.services import customer_facts_refresh
+from tests.factories import CustomerFactory, OrderFactory, StoreFactory
+
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+order_strategy = st.fixed_dictionaries(
+    {
+        "customer": st.integers(min_value=0, max_value=5),  # 5 = guest order
+        "day": st.integers(min_value=0, max_value=20),  # few days, so creation times tie often
+        "total": st.decimals(min_value=0, max_value=50000, places=2),
+        "refund_share": st.sampled_from([0, 0, 0, Decimal("0.3"), 1]),
+        "cancelled": st.booleans(),
+        "test": st.integers(0, 9).map(lambda n: n == 0),
+        "code": st.sampled_from(["", "WELCOME10", "LINE500"]),
+        "utm": st.sampled_from(["", "insta_spring", "line_friend"]),
+    }
+)
+
+
+def expected_facts(orders: list[Order]) -> dict[int, dict]:
+    """The rule of docs/data-model.md, one customer at a time, in plain Python."""
+    facts: dict[int, dict] = {}
+    by_customer: dict[int, list[Order]] = {}
+    for order in orders:
+        if order.customer_id and order.cancelled_at is None and not order.test:
+            by_customer.setdefault(order.customer_id, []).append(order)
+    for customer_id, counted in by_customer.items():
+        counted.sort(key=lambda o: (o.created_at, o.pk))
+        spent = sum((o.total - o.refunded_amount for o in counted), Decimal(0))
+        facts[customer_id] = {
+            "ordinals": {o.pk: k for k, o in enumerate(counted, 1)},
+            "orders_count": len(counted),
+            "amount_spent": spent,
+            "average_order_value": (spent / len(counted)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP),
+            "first_order_at": counted[0].created_at,
+            "last_order_at": counted[-1].created_at,
+            "first_order_discount_code": counted[0].discount_code,
+            "first_order_utm_campaign": counted[0].utm_campaign,
+        }
+    return facts
+
+
+class FactsMatchPlainComputation(TestCase):
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(orders=st.lists(order_strategy, max_size=25), subset=st.booleans())
+    def test_facts_and_ordinals_match_a_per_customer_computation(self, orders, subset):
+        store = StoreFactory()
+        other_store = StoreFactory()
+        customers = [CustomerFactory(store=store) for _ in range(5)]
+        bystander = CustomerFactory(store=other_store, orders_count=7)
+        created = []
+        for n, spec in enumerate(orders):
+            customer = customers[spec["customer"]] if spec["customer"] < 5 else None
+            created.append(
+                OrderFactory(
+                    store=store,
+                    customer=customer,
+                    name=f"#{n}",
+                    created_at=T0 + dt.timedelta(days=spec["day"]),
+                    total=spec["total"],
+                    refunded_amount=(spec["total"] * spec["refund_share"]).quantize(Decimal("0.01")),
+                    cancelled_at=T0 if spec["cancelled"] else None,
+                    test=spec["test"],
+                    discount_code=spec["code"],
+                    utm_campaign=spec["utm"],
+                    ordinal=99,  # stale values must be overwritten or cleared
+                )
+            )
+        if subset:
+            # Refreshing customer by customer converges to the same result as a whole-store refresh.
+            for customer in customers:
+                customer_facts_refresh(store=store, customer_ids=[customer.pk])
+            Order.objects.filter(customer__isnull=True).update(ordinal=None)
+        else:
+            customer_facts_refresh(store=store)
+
+        expected = expected_facts(created)
+        ordinals = dict(Order.objects.filter(store=store).values_list("pk", "ordinal"))
+        for order in created:
+            want = expected.get(order.customer_id, {}).get("ordinals", {}).get(order.pk)
+            assert ordinals[order.pk] == want, (order.name, ordinals[order.pk], want)
+        for customer in Customer.objects.filter(store=store):
+            want = expected.get(customer.pk)
+            if want is None:
+                assert (customer.orders_count, customer.amount_spent, customer.first_order_at) == (0, 0, None)
+                assert customer.average_order_value is None
+                continue
+            assert customer.orders_count == want["orders_count"]
+            assert customer.amount_spent == want["amount_spent"]
+            # SQLite divides in floating point; a tie at the third decimal may round either way.
+            assert abs(customer.average_order_value - want["average_order_value"]) <= Decimal("0.01")
+            assert customer.first_order_at == want["first_order_at"]
+            assert customer.last_order_at == want["last_order_at"]
+            assert customer.first_order_discount_code == want["first_order_discount_code"]
+            assert customer.first_order_utm_campaign == want["first_order_utm_campaign"]
+        bystander.refresh_from_db()
+        assert bystander.orders_count == 7  # another store is never touched
+
+
+def test_a_customer_whose_only_order_is_cancelled_is_reset(db):
+    order = OrderFactory(total=Decimal("3000"))
+    customer_facts_refresh(store=order.store)
+    order.customer.refresh_from_db()
+    assert order.customer.orders_count == 1
+    Order.objects.filter(pk=order.pk).update(cancelled_at=T0)
+    customer_facts_refresh(store=order.store, customer_ids=[order.customer_id])
+    order.customer.refresh_from_db()
+    order.refresh_from_db()
+    assert (order.customer.orders_count, order.customer.amount_spent, order.ordinal) == (0, 0, None)
+
+
+def test_refresh_of_a_subset_runs_a_fixed_number_of_statements(db, django_assert_num_queries):
+    store = StoreFactory()
+    customers = [CustomerFactory(store=store) for _ in range(30)]
+    for customer in customers:
+        OrderFactory.create_batch(3, customer=customer, store=store)
+    # savepoint + 4 statements (clear ordinals, rank, reset, aggregate) + release, whatever the size.
+    with django_assert_num_queries(6):
+        customer_facts_refresh(store=store, customer_ids=[c.pk for c in customers])
+    assert set(Customer.objects.filter(store=store).values_list("orders_count", flat=True)) == {3}
