@@ -62,3 +62,18 @@ def test_demo_refuses_to_overwrite_without_replace(db):
     with pytest.raises(CommandError, match="already has data; pass --replace"):
         call_command("generate_demo_store", "--store", "a.myshopify.com", "--customers", "10", "--seed", "1", "--until", UNTIL)
 
+
+
+def test_demo_writes_the_same_facts_and_ordinals_as_the_facts_service(db):
+    """The generator computes facts while it writes (for speed); they must equal the service's."""
+    from ecpower.commerce.services import customer_facts_refresh
+
+    call_command("generate_demo_store", "--store", "a.myshopify.com", "--customers", "400", "--seed", "3", "--until", UNTIL)
+    store = Store.objects.get(shopify_domain="a.myshopify.com")
+    columns = ("pk", *Customer.FACT_FIELDS)
+    generated = list(Customer.objects.filter(store=store).order_by("pk").values_list(*columns))
+    ordinals = list(Order.objects.filter(store=store).order_by("pk").values_list("pk", "ordinal"))
+    assert any(row[1] > 1 for row in generated)
+    customer_facts_refresh(store=store)
+    assert list(Order.objects.filter(store=store).order_by("pk").values_list("pk", "ordinal")) == ordinals
+    assert list(Customer.objects.filter(store=store).order_by("pk").values_list(*columns)) == generated
