@@ -1,0 +1,57 @@
+# ecpower: `make demo` to try it, `make test` to check it. See README.md.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_STORE ?= demo.myshopify.com
+DEMO_CUSTOMERS ?= 5000
+DEMO_SEED ?= 1
+ADMIN_USER ?= admin
+PORT ?= 8000
+PG_URL := postgres://postgres@127.0.0.1:5432/ecpower
+
+.PHONY: venv demo test test-sqlite test-postgres lint messages clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+# Embedded default: SQLite file db.sqlite3, database task broker, development settings.
+demo: export DJANGO_DEBUG = 1
+demo: venv
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py generate_demo_store --store $(DEMO_STORE) --customers $(DEMO_CUSTOMERS) --seed $(DEMO_SEED) --replace
+	$(BIN)/python manage.py ensure_admin --username $(ADMIN_USER)
+	@echo "Serving http://127.0.0.1:$(PORT)/admin/ (Ctrl-C stops the web server and the worker)"
+	trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/python manage.py qcluster & \
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+
+# The whole suite: on PostgreSQL when DATABASE_URL is set or 127.0.0.1:5432 answers, else on SQLite.
+test: venv
+	@if [ -z "$$DATABASE_URL" ] && $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5432), 1)" 2>/dev/null; then \
+		echo "make test: PostgreSQL at 127.0.0.1:5432"; export DATABASE_URL=$(PG_URL); \
+	else echo "make test: $${DATABASE_URL:-SQLite}"; fi; \
+	$(BIN)/pytest
+
+test-postgres: venv
+	DATABASE_URL=$${DATABASE_URL:-$(PG_URL)} $(BIN)/pytest
+
+test-sqlite: venv
+	DATABASE_URL=sqlite:///$(CURDIR)/test.sqlite3 $(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
+
+# Refresh the Japanese catalogue after changing UI text (then translate the new entries in locale/ja).
+messages: venv
+	DJANGO_DEBUG=1 $(BIN)/python manage.py makemessages -l ja --ignore=.venv --ignore=tests
+	DJANGO_DEBUG=1 $(BIN)/python manage.py compilemessages --ignore=.venv
+
+clean:
+	rm -rf $(VENV) db.sqlite3* media staticfiles .pytest_cache .hypothesis
