@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count
 from django.utils.html import format_html
@@ -124,8 +126,31 @@ class ProductAdmin(admin.ModelAdmin):
         return obj.variant_total
 
 
+class CsvImportForm(forms.ModelForm):
+    class Meta:
+        model = CsvImport
+        fields = ("store", "customers_file", "products_file", "orders_file")
+
+    def clean(self):
+        cleaned = super().clean()
+        files = [cleaned.get(name) for name in ("customers_file", "products_file", "orders_file")]
+        if not any(files):
+            raise forms.ValidationError(_("Choose at least one file."))
+        limit = settings.CSV_MAX_UPLOAD_BYTES
+        for name in ("customers_file", "products_file", "orders_file"):
+            upload = cleaned.get(name)
+            if upload and upload.size > limit:
+                self.add_error(
+                    name,
+                    _("%(name)s is %(size)s MB; the limit is %(limit)s MB (ECPOWER_CSV_MAX_UPLOAD_BYTES).")
+                    % {"name": upload.name, "size": round(upload.size / 1e6, 1), "limit": round(limit / 1e6, 1)},
+                )
+        return cleaned
+
+
 @admin.register(CsvImport)
 class CsvImportAdmin(admin.ModelAdmin):
+    form = CsvImportForm
     list_display = ("created_at", "store", "status", "progress_bar", "created_by")
     list_filter = ("store", "status")
     list_select_related = ("store", "created_by")
@@ -150,9 +175,6 @@ class CsvImportAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj: CsvImport, form, change):
         if not change:
-            if not (obj.customers_file or obj.products_file or obj.orders_file):
-                messages.error(request, _("Choose at least one file."))
-                return
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
         if not change:

@@ -102,3 +102,18 @@ def test_running_an_import_twice_does_nothing_the_second_time(store, shopify_csv
     )
     assert csv_import_run(job.pk) == "succeeded"
     assert csv_import_run(job.pk) == "already claimed"
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_anything_runs(staff_client, store, settings):
+    settings.CSV_MAX_UPLOAD_BYTES = 100
+    upload = SimpleUploadedFile("orders_export.csv", b"Name,Email\n" + b"x" * 200)
+    response = staff_client.post(reverse("admin:commerce_csvimport_add"), {"store": store.pk, "orders_file": upload})
+    assert response.status_code == 200
+    assert "the limit is 0.0 MB (ECPOWER_CSV_MAX_UPLOAD_BYTES)" in response.content.decode()
+    assert not CsvImport.objects.exists()
+
+
+def test_an_upload_without_files_is_refused(staff_client, store):
+    response = staff_client.post(reverse("admin:commerce_csvimport_add"), {"store": store.pk})
+    assert "Choose at least one file." in response.content.decode()
+    assert not CsvImport.objects.exists()
