@@ -98,7 +98,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # --- Language and time ----------------------------------------------------------------------
 LANGUAGE_CODE = env_str("LANGUAGE_CODE", default="ja")
-LANGUAGES = [("ja", _("Japanese")), ("en", _("English"))]
+# Each language is offered in its own name, so staff find theirs whatever the current one is.
+LANGUAGES = [("ja", "日本語"), ("en", "English")]
 LOCALE_PATHS = [BASE_DIR / "locale"]
 # The default time zone of new stores and of the admin; each store keeps its own.
 TIME_ZONE = env_str("TIME_ZONE", default="Asia/Tokyo")

@@ -117,3 +117,9 @@ def test_an_upload_without_files_is_refused(staff_client, store):
     response = staff_client.post(reverse("admin:commerce_csvimport_add"), {"store": store.pk})
     assert "Choose at least one file." in response.content.decode()
     assert not CsvImport.objects.exists()
+
+
+def test_the_language_switcher_names_each_language_in_itself(staff_client, customer_with_history):
+    html = staff_client.get(reverse("admin:index")).content.decode()
+    assert '<option value="ja">日本語</option>' in html
+    assert '<option value="en" selected>English</option>' in html
