@@ -23,6 +23,7 @@ $(STAMP): requirements.txt
 # Embedded default: SQLite file db.sqlite3, database task broker, development settings.
 demo: export DJANGO_DEBUG = 1
 demo: venv
+	@test -f .env || { echo "DJANGO_DEBUG=1" > .env; echo "Wrote .env (DJANGO_DEBUG=1) so manage.py works in this checkout."; }
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py generate_demo_store --store $(DEMO_STORE) --customers $(DEMO_CUSTOMERS) --seed $(DEMO_SEED) --replace
 	$(BIN)/python manage.py ensure_admin --username $(ADMIN_USER)

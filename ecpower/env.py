@@ -71,3 +71,24 @@ def env_secret(name: str, default: str | None | object = _UNSET) -> str | None:
         except OSError as exc:
             raise ImproperlyConfigured(f"{name}_FILE={file_path!r} cannot be read: {exc}") from None
     return env_str(name, default)
+
+
+def load_env_file(path: Path) -> None:
+    """Read ``KEY=VALUE`` lines from a local ``.env`` file into the environment.
+
+    Variables already set in the real environment win; blank lines and ``#`` comments are
+    skipped. ``make demo`` writes one with ``DJANGO_DEBUG=1`` so that ``manage.py`` works in a
+    development checkout; production sets the environment itself and has no such file.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ImproperlyConfigured(f"{path}, line {number}: expected KEY=VALUE, got {line!r}.")
+        os.environ.setdefault(key.strip(), value.strip().strip("'\""))

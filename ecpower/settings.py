@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from ecpower.env import env_bool, env_int, env_list, env_secret, env_str
+from ecpower.env import env_bool, env_int, env_list, env_secret, env_str, load_env_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# A development checkout may keep its variables in .env (make demo writes one); the real
+# environment always wins. ECPOWER_ENV_FILE points elsewhere (or at /dev/null to skip it).
+load_env_file(Path(os.environ.get("ECPOWER_ENV_FILE", BASE_DIR / ".env")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 

@@ -7,6 +7,8 @@ The database comes from DATABASE_URL (``make test`` points it at PostgreSQL when
 import os
 import tempfile
 
+# Tests run the production code path whatever a local .env says.
+os.environ["ECPOWER_ENV_FILE"] = os.devnull
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
 os.environ.setdefault("ECPOWER_ENCRYPTION_KEYS", "Q2VpdTRxTmhWQ2o3bVZ1c1JXaE1mN3NxY0Y0eGJ6UlE=")
 

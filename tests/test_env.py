@@ -48,6 +48,7 @@ def test_settings_refuse_to_start_without_secret_key_when_debug_is_off(tmp_path)
 
     environment = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DJANGO_DEBUG")}
     environment["DJANGO_SETTINGS_MODULE"] = "ecpower.settings"
+    environment["ECPOWER_ENV_FILE"] = os.devnull
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         env=environment,
@@ -57,3 +58,20 @@ def test_settings_refuse_to_start_without_secret_key_when_debug_is_off(tmp_path)
     )
     assert result.returncode != 0
     assert "SECRET_KEY is required when DJANGO_DEBUG is off" in result.stderr
+
+
+def test_env_file_fills_only_what_the_environment_lacks(monkeypatch, tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("# local development\nDJANGO_DEBUG=1\nLOG_LEVEL='DEBUG'\n\n")
+    monkeypatch.delenv("DJANGO_DEBUG", raising=False)
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    env.load_env_file(env_file)
+    assert env.env_bool("DJANGO_DEBUG", False) is True
+    assert env.env_str("LOG_LEVEL") == "WARNING"
+
+
+def test_env_file_with_a_broken_line_names_it(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("DJANGO_DEBUG=1\njust words\n")
+    with pytest.raises(ImproperlyConfigured, match=r"\.env, line 2: expected KEY=VALUE"):
+        env.load_env_file(env_file)
