@@ -47,7 +47,7 @@ test-sqlite: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	DJANGO_DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
+	DJANGO_DEBUG=1 DATABASE_URL=sqlite://:memory: $(BIN)/python manage.py makemigrations --check --dry-run
 
 # Refresh the Japanese catalogue after changing UI text (then translate the new entries in locale/ja).
 messages: venv
