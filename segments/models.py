@@ -1,1 +1,175 @@
-"""Models arrive with this app's issue; see docs/architecture.md."""
+"""Segments: who belongs where, since when, and how each definition changed.
+
+A condition segment stores a rule tree (``segments.rules``, documented in docs/segments.md) and
+its text form; recompute (``segments.services``) turns it into ``Membership`` rows and records
+each join and leave as a ``MembershipEvent``. Models hold fields and constraints only.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from ecpower.commerce.models import Customer, Store
+
+
+class SegmentKind(models.TextChoices):
+    CONDITION = "condition", _("Condition segment")
+    LIST = "list", _("List segment")
+
+
+class SegmentStatus(models.TextChoices):
+    NEW = "new", _("Not computed yet")
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Computing")
+    SUCCEEDED = "succeeded", _("Up to date")
+    FAILED = "failed", _("Failed")
+
+
+class SegmentGroup(models.Model):
+    """A folder a segment can belong to (several at once), e.g. "RFM" or "first product"."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="segment_groups", verbose_name=_("store"))
+    name = models.CharField(_("name"), max_length=200)
+
+    class Meta:
+        verbose_name = _("segment group")
+        verbose_name_plural = _("segment groups")
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["store", "name"], name="segment_group_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Segment(models.Model):
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="segments", verbose_name=_("store"))
+    name = models.CharField(_("name"), max_length=200)
+    slug = models.SlugField(_("slug"), max_length=100, allow_unicode=False)
+    description = models.TextField(_("description"), blank=True)
+    kind = models.CharField(_("kind"), max_length=10, choices=SegmentKind.choices, default=SegmentKind.CONDITION)
+    rule = models.JSONField(_("rule"), null=True, blank=True, help_text=_("The rule tree (docs/segments.md)."))
+    query = models.TextField(_("query"), blank=True, help_text=_("The rule in the query language."))
+    shopify_tag = models.CharField(
+        _("Shopify tag"), max_length=255, blank=True, help_text=_("Customer tag this segment writes to Shopify.")
+    )
+    groups = models.ManyToManyField(SegmentGroup, blank=True, related_name="segments", verbose_name=_("groups"))
+
+    status = models.CharField(_("status"), max_length=10, choices=SegmentStatus.choices, default=SegmentStatus.NEW)
+    computing_started_at = models.DateTimeField(_("computing since"), null=True, blank=True)
+    last_computed_at = models.DateTimeField(_("last computed at"), null=True, blank=True)
+    last_computed_for = models.DateField(_("computed as of"), null=True, blank=True)
+    member_count = models.PositiveIntegerField(_("members"), default=0)
+    last_joined = models.PositiveIntegerField(_("joined in last run"), default=0)
+    last_left = models.PositiveIntegerField(_("left in last run"), default=0)
+    last_duration_ms = models.PositiveIntegerField(_("last duration (ms)"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, verbose_name=_("created by")
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("segment")
+        verbose_name_plural = _("segments")
+        ordering = ["store", "name"]
+        constraints = [models.UniqueConstraint(fields=["store", "slug"], name="segment_unique_slug_per_store")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ConditionSegment(Segment):
+    class Meta:
+        proxy = True
+        verbose_name = _("condition segment")
+        verbose_name_plural = _("condition segments")
+
+
+class ListSegment(Segment):
+    class Meta:
+        proxy = True
+        verbose_name = _("list segment")
+        verbose_name_plural = _("list segments")
+
+
+class SegmentVersion(models.Model):
+    """One saved definition of a segment: every change of its rule keeps the previous ones."""
+
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="versions", verbose_name=_("segment"))
+    number = models.PositiveIntegerField(_("version"))
+    rule = models.JSONField(_("rule"))
+    query = models.TextField(_("query"), blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, verbose_name=_("changed by")
+    )
+    created_at = models.DateTimeField(_("changed at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("segment version")
+        verbose_name_plural = _("segment versions")
+        ordering = ["segment", "-number"]
+        constraints = [models.UniqueConstraint(fields=["segment", "number"], name="segment_version_unique_number")]
+
+    def __str__(self) -> str:
+        return f"{self.segment} v{self.number}"
+
+
+class Membership(models.Model):
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    segment = models.ForeignKey(
+        Segment, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("segment")
+    )
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("customer")
+    )
+    since = models.DateField(_("member since"))
+
+    class Meta:
+        verbose_name = _("membership")
+        verbose_name_plural = _("memberships")
+        constraints = [
+            # Also the index of recompute's diff and of in_segment('slug') conditions.
+            models.UniqueConstraint(fields=["segment", "customer"], name="membership_unique"),
+        ]
+        indexes = [
+            # "Which segments is this customer in" (customer page, explain, webhooks).
+            models.Index(fields=["customer"], name="membership_customer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} ∈ {self.segment_id}"
+
+
+class MembershipEventKind(models.TextChoices):
+    JOINED = "joined", _("Joined")
+    LEFT = "left", _("Left")
+
+
+class MembershipEvent(models.Model):
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    segment = models.ForeignKey(
+        Segment, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("segment")
+    )
+    customer = models.ForeignKey(
+        Customer, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("customer")
+    )
+    kind = models.CharField(_("event"), max_length=6, choices=MembershipEventKind.choices)
+    date = models.DateField(_("date"), help_text=_("The evaluation date, in the store's time zone."))
+    created_at = models.DateTimeField(_("recorded at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("membership event")
+        verbose_name_plural = _("membership events")
+        indexes = [
+            # Recent joins and leaves of a segment; daily joined/left counts for snapshots.
+            models.Index(fields=["segment", "date"], name="membership_event_segment_date"),
+            # A customer's membership history (explain, journeys).
+            models.Index(fields=["customer", "date"], name="membership_event_customer_date"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} {self.kind} {self.segment_id} {self.date}"

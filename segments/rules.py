@@ -1,0 +1,708 @@
+"""The rule tree: what it may contain, how it is checked, and how it becomes SQL.
+
+A rule is JSON (docs/segments.md has the full reference)::
+
+    {"and": [node, ...]}   {"or": [node, ...]}   {"not": node}
+    {"field": "number_of_orders", "op": ">=", "value": 3}
+    {"field": "last_order_date", "op": "between", "value": ["-90d", "today"]}
+    {"field": "products_purchased", "op": "matches",
+     "params": {"tag": {"op": "=", "value": "tea"}, "count": {"op": ">=", "value": 3}}}
+    {"field": "in_segment", "op": "=", "value": "vip"}
+
+``validate`` reports every problem with its path in the tree (``and[1].params.date.value``).
+``compile_rule`` turns a valid tree into a ``Q`` over ``Customer`` made only of plain lookups and
+``pk IN (subquery)`` semi-joins, so it runs unchanged on PostgreSQL and SQLite and every
+condition is two-valued (``NOT`` of a condition is exactly the customers it does not match).
+
+Semantics: only counted orders count (not cancelled, not test; they carry an ``ordinal``);
+dates are calendar days in the store's time zone; relative dates count back from the evaluation
+date; ``BETWEEN`` is inclusive. Evaluated as of a past day, only orders created on or before it
+count and only customers added by then (when Shopify told us when) are considered.
+
+This module does not read the database: it builds lazy querysets. Other segments are reached
+through ``EvaluationContext.segment`` so callers decide how ``in_segment`` resolves.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import difflib
+import operator
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, DecimalField, ExpressionWrapper, F, Max, Q, QuerySet, Sum, Value
+from django.db.models.functions import Round
+from django.utils.translation import gettext as _
+
+from ecpower.commerce.models import Customer, CustomerTag, LineItem, MarketingState, Order, ProductTag
+
+MAX_CONDITIONS = 100
+MAX_DEPTH = 12
+MAX_LIST_VALUES = 500
+
+COMPARISONS = ("=", "!=", ">", ">=", "<", "<=")
+NUMBER_OPS = (*COMPARISONS, "between")
+DATE_OPS = (*COMPARISONS, "between", "is_null", "is_not_null")
+STRING_OPS = ("=", "!=", "is_null", "is_not_null")
+LIST_OPS = ("contains", "not_contains")
+ENUM_OPS = ("=", "!=")
+FUNCTION_OPS = ("matches", "not_matches")
+
+RELATIVE_DATE = re.compile(r"^([+-])(\d{1,5})([dwmy])$")
+ABSOLUTE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One attribute (or function parameter): its value type and the operators it accepts."""
+
+    kind: str  # integer | decimal | date | string | enum | list | function | segment
+    ops: tuple[str, ...]
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+
+
+FIELDS: dict[str, Spec] = {
+    "number_of_orders": Spec("integer", NUMBER_OPS),
+    "amount_spent": Spec("decimal", NUMBER_OPS),
+    "average_order_value": Spec("decimal", (*NUMBER_OPS, "is_null", "is_not_null"), nullable=True),
+    "first_order_date": Spec("date", DATE_OPS, nullable=True),
+    "last_order_date": Spec("date", DATE_OPS, nullable=True),
+    "customer_added_date": Spec("date", DATE_OPS, nullable=True),
+    "customer_tags": Spec("list", LIST_OPS),
+    "customer_countries": Spec("list", LIST_OPS),
+    "customer_regions": Spec("list", LIST_OPS),
+    "customer_cities": Spec("list", LIST_OPS),
+    "email_subscription_status": Spec("enum", ENUM_OPS, choices=tuple(MarketingState.values)),
+    "sms_subscription_status": Spec("enum", ENUM_OPS, choices=tuple(MarketingState.values)),
+    "first_order_discount_code": Spec("string", STRING_OPS, nullable=True),
+    "first_order_source": Spec("string", STRING_OPS, nullable=True),
+    "first_order_utm_source": Spec("string", STRING_OPS, nullable=True),
+    "first_order_utm_medium": Spec("string", STRING_OPS, nullable=True),
+    "first_order_utm_campaign": Spec("string", STRING_OPS, nullable=True),
+    "products_purchased": Spec("function", FUNCTION_OPS),
+    "orders_placed": Spec("function", FUNCTION_OPS),
+    "in_segment": Spec("segment", ("=",)),
+}
+
+MATCH_OPS = ("=", "in")
+PARAMS: dict[str, dict[str, Spec]] = {
+    "products_purchased": {
+        "id": Spec("integer", MATCH_OPS),
+        "sku": Spec("string", MATCH_OPS),
+        "product_type": Spec("string", MATCH_OPS),
+        "vendor": Spec("string", MATCH_OPS),
+        "tag": Spec("string", MATCH_OPS),
+        "date": Spec("date", NUMBER_OPS),
+        "order_number": Spec("integer", NUMBER_OPS),
+        "count": Spec("integer", NUMBER_OPS),
+        "sum_quantity": Spec("integer", NUMBER_OPS),
+    },
+    "orders_placed": {
+        "date": Spec("date", NUMBER_OPS),
+        "amount": Spec("decimal", NUMBER_OPS),
+        "discount_code": Spec("string", MATCH_OPS),
+        "source": Spec("string", MATCH_OPS),
+        "utm_campaign": Spec("string", MATCH_OPS),
+        "count": Spec("integer", NUMBER_OPS),
+        "sum_amount": Spec("decimal", NUMBER_OPS),
+    },
+}
+AGGREGATE_PARAMS = {"count", "sum_quantity", "sum_amount"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Problems
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    path: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}, column {self.column}" if self.line else (self.path or "rule")
+        return f"{where}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "message": self.message, "line": self.line, "column": self.column}
+
+
+class InvalidRule(ValueError):
+    def __init__(self, problems: list[RuleProblem]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate(
+    tree: Any,
+    *,
+    segment_exists: Callable[[str], bool] | None = None,
+    positions: dict[int, tuple[int, int]] | None = None,
+) -> list[RuleProblem]:
+    """Every problem of ``tree``, each with its path (and line/column when parsed from text)."""
+    problems: list[RuleProblem] = []
+    counter = [0]
+    positions = positions or {}
+
+    def problem(node: Any, path: str, message: str) -> None:
+        line, column = positions.get(id(node), (None, None))
+        problems.append(RuleProblem(path, message, line, column))
+
+    def walk(node: Any, path: str, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            problem(node, path, _("Groups are nested more than %(n)d deep.") % {"n": MAX_DEPTH})
+            return
+        if not isinstance(node, dict):
+            problem(node, path, _("Expected an object (a group or a condition)."))
+            return
+        groups = [key for key in ("and", "or", "not") if key in node]
+        if groups:
+            key = groups[0]
+            if len(node) != 1:
+                problem(node, path, _("A group has exactly one key: and, or or not."))
+                return
+            here = f"{path}.{key}" if path else key
+            if key == "not":
+                walk(node["not"], here, depth + 1)
+                return
+            children = node[key]
+            if not isinstance(children, list) or not children:
+                problem(node, here, _("Expected a non-empty list of conditions."))
+                return
+            for index, child in enumerate(children):
+                walk(child, f"{here}[{index}]", depth + 1)
+            return
+        counter[0] += 1
+        _validate_condition(node, path, problem, segment_exists)
+
+    walk(tree, "", 0)
+    if counter[0] > MAX_CONDITIONS:
+        problems.append(RuleProblem("", _("At most %(n)d conditions per rule.") % {"n": MAX_CONDITIONS}))
+    return problems
+
+
+def _validate_condition(node: dict, path: str, problem, segment_exists) -> None:
+    name = node.get("field")
+    prefix = f"{path}." if path else ""
+    if name not in FIELDS:
+        problem(node, f"{prefix}field", _unknown(_("Unknown attribute %(name)r.") % {"name": name}, name, FIELDS))
+        return
+    spec = FIELDS[name]
+    op = node.get("op")
+    if op not in spec.ops:
+        problem(node, f"{prefix}op", _("%(name)s does not take the operator %(op)r; use one of %(ops)s.")
+                % {"name": name, "op": op, "ops": ", ".join(_op_label(o) for o in spec.ops)})
+        return
+    allowed = {"field", "op", "params"} if spec.kind == "function" else {"field", "op", "value"}
+    extra = set(node) - allowed
+    if extra:
+        problem(node, prefix + sorted(extra)[0], _("Unexpected key %(key)r.") % {"key": sorted(extra)[0]})
+    if spec.kind == "function":
+        params = node.get("params")
+        if not isinstance(params, dict):
+            problem(node, f"{prefix}params", _("Expected an object of parameters."))
+            return
+        specs = PARAMS[name]
+        for pname, pnode in params.items():
+            ppath = f"{prefix}params.{pname}"
+            if pname not in specs:
+                problem(node, ppath, _("%(fn)s has no parameter %(name)r; it takes %(known)s.")
+                        % {"fn": name, "name": pname, "known": ", ".join(specs)})
+                continue
+            if not isinstance(pnode, dict) or pnode.get("op") not in specs[pname].ops:
+                ops = ", ".join(_op_label(o) for o in specs[pname].ops)
+                problem(node, f"{ppath}.op", _("%(name)s takes one of %(ops)s.") % {"name": pname, "ops": ops})
+                continue
+            _validate_value(node, f"{ppath}.value", specs[pname], pnode["op"], pnode.get("value"), problem)
+        return
+    if op in ("is_null", "is_not_null"):
+        if "value" in node:
+            problem(node, f"{prefix}value", _("IS NULL takes no value."))
+        return
+    if spec.kind == "segment":
+        slug = node.get("value")
+        if not isinstance(slug, str) or not slug:
+            problem(node, f"{prefix}value", _("Expected the slug of a segment."))
+        elif segment_exists is not None and not segment_exists(slug):
+            problem(node, f"{prefix}value", _("There is no segment %(slug)r in this store.") % {"slug": slug})
+        return
+    _validate_value(node, f"{prefix}value", spec, op, node.get("value"), problem)
+
+
+def _validate_value(node, path: str, spec: Spec, op: str, value: Any, problem) -> None:
+    if op == "between":
+        if not isinstance(value, list) or len(value) != 2:
+            problem(node, path, _("BETWEEN takes two values."))
+            return
+        for index, item in enumerate(value):
+            _validate_scalar(node, f"{path}[{index}]", spec, item, problem)
+        return
+    if op == "in":
+        if not isinstance(value, list) or not value:
+            problem(node, path, _("IN takes a non-empty list of values."))
+            return
+        if len(value) > MAX_LIST_VALUES:
+            problem(node, path, _("IN takes at most %(n)d values.") % {"n": MAX_LIST_VALUES})
+            return
+        for index, item in enumerate(value):
+            _validate_scalar(node, f"{path}[{index}]", spec, item, problem)
+        return
+    _validate_scalar(node, path, spec, value, problem)
+
+
+def _validate_scalar(node, path: str, spec: Spec, value: Any, problem) -> None:
+    kind = spec.kind
+    if kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            problem(node, path, _("Expected a whole number, got %(value)r.") % {"value": value})
+        elif value < 0:
+            problem(node, path, _("Expected a number of 0 or more."))
+    elif kind == "decimal":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problem(node, path, _("Expected a number, got %(value)r.") % {"value": value})
+    elif kind == "date":
+        try:
+            parse_date_value(value)
+        except ValueError as exc:
+            problem(node, path, str(exc))
+    elif kind == "enum":
+        if value not in spec.choices:
+            problem(node, path, _("Expected one of %(choices)s, got %(value)r.")
+                    % {"choices": ", ".join(spec.choices), "value": value})
+    elif not isinstance(value, str) or not value.strip():
+        problem(node, path, _("Expected a non-empty text value."))
+
+
+def _unknown(message: str, name: Any, known) -> str:
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    if close:
+        return message + " " + _("Did you mean %(name)s?") % {"name": close[0]}
+    return message + " " + _("See docs/segments.md for the attributes.")
+
+
+def _op_label(op: str) -> str:
+    return op.upper().replace("_", " ")
+
+
+def check(tree: Any, *, segment_exists: Callable[[str], bool] | None = None) -> dict:
+    """``tree`` normalised, or ``InvalidRule`` with every problem."""
+    problems = validate(tree, segment_exists=segment_exists)
+    if problems:
+        raise InvalidRule(problems)
+    return normalize(tree)
+
+
+def normalize(tree: dict) -> dict:
+    """Single-child groups unwrapped; the canonical form stored and printed."""
+    if "and" in tree or "or" in tree:
+        key = "and" if "and" in tree else "or"
+        children = [normalize(child) for child in tree[key]]
+        return children[0] if len(children) == 1 else {key: children}
+    if "not" in tree:
+        return {"not": normalize(tree["not"])}
+    return tree
+
+
+def iter_conditions(tree: dict, path: str = "") -> Iterator[tuple[str, dict]]:
+    """(path, condition) for every condition of a valid tree, in reading order."""
+    for key in ("and", "or"):
+        if key in tree:
+            here = f"{path}.{key}" if path else key
+            for index, child in enumerate(tree[key]):
+                yield from iter_conditions(child, f"{here}[{index}]")
+            return
+    if "not" in tree:
+        yield from iter_conditions(tree["not"], f"{path}.not" if path else "not")
+        return
+    yield path, tree
+
+
+def referenced_segments(tree: dict) -> set[str]:
+    return {cond["value"] for _path, cond in iter_conditions(tree) if cond.get("field") == "in_segment"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dates
+
+
+def parse_date_value(value: Any) -> tuple[str, Any]:
+    """('absolute', date) | ('relative', (sign, n, unit)) | ('today'|'yesterday', None)."""
+    if not isinstance(value, str):
+        raise ValueError(_("Expected a date such as 2025-03-01, -90d, today or yesterday."))
+    text = value.strip().lower()
+    if text in ("today", "yesterday"):
+        return text, None
+    match = RELATIVE_DATE.match(text)
+    if match:
+        sign, number, unit = match.groups()
+        return "relative", (-1 if sign == "-" else 1, int(number), unit)
+    if ABSOLUTE_DATE.match(text):
+        try:
+            return "absolute", dt.date.fromisoformat(text)
+        except ValueError:
+            pass
+    raise ValueError(_("%(value)r is not a date: use 2025-03-01, -90d, -2w, -3m, -1y, today or yesterday.")
+                     % {"value": value})
+
+
+def resolve_date(value: str, as_of: dt.date) -> dt.date:
+    """The calendar day ``value`` names when evaluating on ``as_of``."""
+    kind, data = parse_date_value(value)
+    if kind == "absolute":
+        return data
+    if kind == "today":
+        return as_of
+    if kind == "yesterday":
+        return as_of - dt.timedelta(days=1)
+    sign, number, unit = data
+    if unit == "d":
+        return as_of + dt.timedelta(days=sign * number)
+    if unit == "w":
+        return as_of + dt.timedelta(weeks=sign * number)
+    months = sign * number * (12 if unit == "y" else 1)
+    index = as_of.year * 12 + as_of.month - 1 + months
+    year, month = divmod(index, 12)
+    day = min(as_of.day, calendar.monthrange(year, month + 1)[1])
+    return dt.date(year, month + 1, day)
+
+
+@dataclass(frozen=True)
+class DayRange:
+    """A set of calendar days as half-open datetime bounds (either may be open)."""
+
+    start: dt.datetime | None
+    end: dt.datetime | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation
+
+
+@dataclass
+class EvaluationContext:
+    """Where and when a rule is evaluated.
+
+    ``segment(slug)`` returns the referenced segment; ``in_segment`` reads its stored membership
+    when evaluating today and its rule (inlined) when evaluating a past day, because stored
+    membership only describes today.
+    """
+
+    store: Any
+    as_of: dt.date
+    today: dt.date
+    segment: Callable[[str], Any]
+    _stack: list[str] = field(default_factory=list)
+
+    @property
+    def historical(self) -> bool:
+        return self.as_of < self.today
+
+    def start_of(self, day: dt.date) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time.min, tzinfo=self.store.zone)
+
+    @property
+    def cutoff(self) -> dt.datetime:
+        """Orders created before this instant count: the end of the evaluation day."""
+        return self.start_of(self.as_of + dt.timedelta(days=1))
+
+    def date(self, value: str) -> dt.date:
+        return resolve_date(value, self.as_of)
+
+
+def universe(context: EvaluationContext) -> QuerySet:
+    """The store's customers as of the evaluation day."""
+    customers = Customer.objects.filter(store=context.store)
+    if context.historical:
+        customers = customers.exclude(shopify_created_at__gte=context.cutoff)
+    return customers
+
+
+def members_queryset(tree: dict, context: EvaluationContext) -> QuerySet:
+    return universe(context).filter(compile_rule(tree, context))
+
+
+def compile_rule(tree: dict, context: EvaluationContext) -> Q:
+    if "and" in tree:
+        return _combine([compile_rule(child, context) for child in tree["and"]], operator.and_)
+    if "or" in tree:
+        return _combine([compile_rule(child, context) for child in tree["or"]], operator.or_)
+    if "not" in tree:
+        return ~compile_rule(tree["not"], context)
+    return _compile_condition(tree, context)
+
+
+def _combine(parts: list[Q], op) -> Q:
+    result = parts[0]
+    for part in parts[1:]:
+        result = op(result, part)
+    return result
+
+
+def _number(value: Any) -> Decimal | int:
+    return value if isinstance(value, int) else Decimal(str(value))
+
+
+def _satisfies(actual, op: str, value) -> bool:
+    """The comparison in Python (used to decide whether "no orders" matches an aggregate test)."""
+    if op == "between":
+        low, high = sorted(value)
+        return low <= actual <= high
+    return {"=": operator.eq, "!=": operator.ne, ">": operator.gt, ">=": operator.ge,
+            "<": operator.lt, "<=": operator.le}[op](actual, value)
+
+
+def _numeric_q(column: str, op: str, value: Any) -> Q:
+    if op == "between":
+        low, high = sorted(_number(v) for v in value)
+        return Q(**{f"{column}__gte": low, f"{column}__lte": high})
+    value = _number(value)
+    if op == "=":
+        return Q(**{column: value})
+    if op == "!=":
+        return ~Q(**{column: value}) & Q(**{f"{column}__isnull": False})
+    lookup = {">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}[op]
+    return Q(**{f"{column}__{lookup}": value})
+
+
+def _days(op: str, value: Any, context: EvaluationContext) -> tuple[DayRange, bool]:
+    """The days a date test selects, and whether it is negated (``!=``)."""
+    one = dt.timedelta(days=1)
+    if op == "between":
+        low, high = sorted(context.date(v) for v in value)
+        return DayRange(context.start_of(low), context.start_of(high + one)), False
+    day = context.date(value)
+    ranges = {
+        "=": DayRange(context.start_of(day), context.start_of(day + one)),
+        "!=": DayRange(context.start_of(day), context.start_of(day + one)),
+        ">": DayRange(context.start_of(day + one), None),
+        ">=": DayRange(context.start_of(day), None),
+        "<": DayRange(None, context.start_of(day)),
+        "<=": DayRange(None, context.start_of(day + one)),
+    }
+    return ranges[op], op == "!="
+
+
+def _date_q(column: str, op: str, value: Any, context: EvaluationContext) -> Q:
+    if op == "is_null":
+        return Q(**{f"{column}__isnull": True})
+    if op == "is_not_null":
+        return Q(**{f"{column}__isnull": False})
+    days, negated = _days(op, value, context)
+    q = Q()
+    if days.start is not None:
+        q &= Q(**{f"{column}__gte": days.start})
+    if days.end is not None:
+        q &= Q(**{f"{column}__lt": days.end})
+    if negated:
+        return ~q & Q(**{f"{column}__isnull": False})
+    return q
+
+
+def _text_in(column: str, values: list[str]) -> Q:
+    return _combine([Q(**{f"{column}__iexact": v}) for v in values], operator.or_)
+
+
+def _counted_orders(context: EvaluationContext) -> QuerySet:
+    return Order.objects.filter(
+        store=context.store, customer__isnull=False, ordinal__isnull=False, created_at__lt=context.cutoff
+    )
+
+
+def _aggregate_q(grouped: QuerySet, alias: str, op: str, value: Any, zero: Any) -> Q:
+    """``pk IN`` customers whose aggregate passes the test; customers with no rows have ``zero``.
+
+    When "no rows" passes the test (``count < 2``), the test is written as ``NOT IN`` the
+    customers whose aggregate fails it, so set-based SQL still sees everyone.
+    """
+    test = _numeric_q(alias, op, value)
+    ids = grouped.filter(test).values("customer_id")
+    if zero is not None and _satisfies(zero, op, _comparable(op, value)):
+        failing = grouped.exclude(test).values("customer_id")
+        return ~Q(pk__in=failing)
+    return Q(pk__in=ids)
+
+
+def _comparable(op: str, value: Any) -> Any:
+    return [_number(v) for v in value] if op == "between" else _number(value)
+
+
+def _compile_condition(node: dict, context: EvaluationContext) -> Q:
+    name, op, value = node["field"], node["op"], node.get("value")
+    historical = context.historical
+
+    if name in ("number_of_orders", "amount_spent", "average_order_value"):
+        if not historical:
+            column = {"number_of_orders": "orders_count", "amount_spent": "amount_spent",
+                      "average_order_value": "average_order_value"}[name]
+            if op in ("is_null", "is_not_null"):
+                return Q(**{f"{column}__isnull": op == "is_null"})
+            return _numeric_q(column, op, value)
+        grouped = _counted_orders(context).order_by().values("customer_id").annotate(
+            n=Count("id"), spent=Sum(F("total") - F("refunded_amount"))
+        )
+        if name == "average_order_value":
+            grouped = grouped.annotate(
+                aov=Round(ExpressionWrapper(F("spent") * Value(Decimal("1.0")) / F("n"),
+                                            output_field=DecimalField(max_digits=14, decimal_places=2)), 2)
+            )
+            if op in ("is_null", "is_not_null"):
+                has_orders = Q(pk__in=grouped.values("customer_id"))
+                return ~has_orders if op == "is_null" else has_orders
+            return _aggregate_q(grouped, "aov", op, value, zero=None)
+        alias, zero = ("n", 0) if name == "number_of_orders" else ("spent", Decimal(0))
+        return _aggregate_q(grouped, alias, op, value, zero=zero)
+
+    if name == "first_order_date":
+        q = _date_q("first_order_at", op, value, context)
+        if historical:
+            before = Q(first_order_at__lt=context.cutoff)
+            return (q | ~before) if op == "is_null" else (q & before)
+        return q
+
+    if name == "last_order_date":
+        if not historical:
+            return _date_q("last_order_at", op, value, context)
+        grouped = _counted_orders(context).order_by().values("customer_id").annotate(last=Max("created_at"))
+        if op in ("is_null", "is_not_null"):
+            has_orders = Q(pk__in=grouped.values("customer_id"))
+            return ~has_orders if op == "is_null" else has_orders
+        return Q(pk__in=grouped.filter(_date_q("last", op, value, context)).values("customer_id"))
+
+    if name == "customer_added_date":
+        return _date_q("shopify_created_at", op, value, context)
+
+    if name.startswith("first_order_"):
+        column = name
+        has_value = ~Q(**{column: ""})
+        if historical:
+            has_value &= Q(first_order_at__lt=context.cutoff)
+        if op == "is_null":
+            return ~has_value
+        if op == "is_not_null":
+            return has_value
+        equal = Q(**{f"{column}__iexact": value})
+        return (equal & has_value) if op == "=" else (~equal & has_value)
+
+    if name == "customer_tags":
+        tagged = CustomerTag.objects.filter(store=context.store, name__iexact=value).values("customer_id")
+        q = Q(pk__in=tagged)
+        return q if op == "contains" else ~q
+
+    if name in ("customer_countries", "customer_regions", "customer_cities"):
+        column = {"customer_countries": "country_code", "customer_regions": "province_code",
+                  "customer_cities": "city"}[name]
+        q = Q(**{f"{column}__iexact": value}) & ~Q(**{column: ""})
+        return q if op == "contains" else ~q
+
+    if name in ("email_subscription_status", "sms_subscription_status"):
+        column = "email_marketing" if name.startswith("email") else "sms_marketing"
+        q = Q(**{column: value})
+        return q if op == "=" else ~q
+
+    if name == "products_purchased":
+        q = _products_purchased(node["params"], context)
+        return q if op == "matches" else ~q
+
+    if name == "orders_placed":
+        q = _orders_placed(node["params"], context)
+        return q if op == "matches" else ~q
+
+    if name == "in_segment":
+        return _in_segment(value, context)
+
+    raise ValueError(f"unvalidated field {name!r}")  # validate() rejects it first
+
+
+def _products_purchased(params: dict, context: EvaluationContext) -> Q:
+    lines = LineItem.objects.filter(
+        store=context.store,
+        order__customer__isnull=False,
+        order__ordinal__isnull=False,
+        order__created_at__lt=context.cutoff,
+    )
+    for name, param in params.items():
+        op, value = param["op"], param["value"]
+        values = value if op == "in" else [value]
+        if name == "id":
+            lines = lines.filter(product__shopify_id__in=values)
+        elif name == "sku":
+            lines = lines.filter(_text_in("sku", values))
+        elif name == "product_type":
+            lines = lines.filter(_text_in("product_type", values) | _text_in("product__product_type", values))
+        elif name == "vendor":
+            lines = lines.filter(_text_in("vendor", values) | _text_in("product__vendor", values))
+        elif name == "tag":
+            tagged = ProductTag.objects.filter(_text_in("name", values), store=context.store)
+            lines = lines.filter(product_id__in=tagged.values("product_id"))
+        elif name == "date":
+            lines = lines.filter(_date_q("order__created_at", op, value, context))
+        elif name == "order_number":
+            lines = lines.filter(_numeric_q("order__ordinal", op, value))
+    lines = lines.annotate(customer_id=F("order__customer_id"))
+    aggregates = {k: v for k, v in params.items() if k in AGGREGATE_PARAMS}
+    if not aggregates:
+        return Q(pk__in=lines.values("customer_id"))
+    grouped = lines.order_by().values("customer_id").annotate(
+        n=Count("order_id", distinct=True), quantity=Sum("quantity")
+    )
+    parts = []
+    for name, param in aggregates.items():
+        alias = "n" if name == "count" else "quantity"
+        parts.append(_aggregate_q(grouped, alias, param["op"], param["value"], zero=0))
+    return _combine(parts, operator.and_)
+
+
+def _orders_placed(params: dict, context: EvaluationContext) -> Q:
+    orders = _counted_orders(context)
+    for name, param in params.items():
+        op, value = param["op"], param["value"]
+        values = value if op == "in" else [value]
+        if name == "date":
+            orders = orders.filter(_date_q("created_at", op, value, context))
+        elif name == "amount":
+            orders = orders.filter(_numeric_q("total", op, value))
+        elif name == "discount_code":
+            orders = orders.filter(_text_in("discount_code", values))
+        elif name == "source":
+            orders = orders.filter(_text_in("source_name", values))
+        elif name == "utm_campaign":
+            orders = orders.filter(_text_in("utm_campaign", values))
+    aggregates = {k: v for k, v in params.items() if k in AGGREGATE_PARAMS}
+    if not aggregates:
+        return Q(pk__in=orders.values("customer_id"))
+    grouped = orders.order_by().values("customer_id").annotate(n=Count("id"), total_amount=Sum("total"))
+    parts = []
+    for name, param in aggregates.items():
+        if name == "count":
+            parts.append(_aggregate_q(grouped, "n", param["op"], param["value"], zero=0))
+        else:
+            parts.append(_aggregate_q(grouped, "total_amount", param["op"], param["value"], zero=Decimal(0)))
+    return _combine(parts, operator.and_)
+
+
+def _in_segment(slug: str, context: EvaluationContext) -> Q:
+    from segments.models import Membership, SegmentKind
+
+    segment = context.segment(slug)
+    if segment.kind == SegmentKind.CONDITION and context.historical:
+        if slug in context._stack:
+            raise InvalidRule([RuleProblem("", _("Segments refer to each other in a cycle: %(cycle)s.")
+                                           % {"cycle": " → ".join([*context._stack, slug])})])
+        context._stack.append(slug)
+        try:
+            return compile_rule(segment.rule, context)
+        finally:
+            context._stack.pop()
+    return Q(pk__in=Membership.objects.filter(segment=segment).values("customer_id"))

@@ -1,0 +1,186 @@
+"""Reads about segments: evaluation context, preview, explain, members, dependency order."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import QuerySet
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from ecpower.commerce.models import Customer, Store
+from segments import rules
+from segments.models import Membership, MembershipEvent, Segment, SegmentKind
+from segments.query_language import to_text
+
+PREVIEW_SAMPLE_SIZE = 20
+
+
+def store_today(store: Store) -> dt.date:
+    """Today's calendar date in the store's time zone."""
+    return timezone.now().astimezone(store.zone).date()
+
+
+def evaluation_context(*, store: Store, as_of: dt.date | None = None) -> rules.EvaluationContext:
+    today = store_today(store)
+    cache: dict[str, Segment] = {}
+
+    def segment(slug: str) -> Segment:
+        if slug not in cache:
+            try:
+                cache[slug] = Segment.objects.get(store=store, slug=slug)
+            except Segment.DoesNotExist:
+                raise rules.InvalidRule(
+                    [rules.RuleProblem("", _("There is no segment %(slug)r in this store.") % {"slug": slug})]
+                ) from None
+        return cache[slug]
+
+    return rules.EvaluationContext(store=store, as_of=as_of or today, today=today, segment=segment)
+
+
+def segment_exists_checker(store: Store):
+    slugs = set(Segment.objects.filter(store=store).values_list("slug", flat=True))
+    return slugs.__contains__
+
+
+def rule_members(*, store: Store, tree: dict, as_of: dt.date | None = None) -> QuerySet[Customer]:
+    """Customers of ``store`` matching ``tree`` (validated by the caller) as of ``as_of``."""
+    return rules.members_queryset(tree, evaluation_context(store=store, as_of=as_of))
+
+
+@dataclass
+class Preview:
+    count: int
+    sample: list[Customer]
+    query: str
+    tree: dict
+    as_of: dt.date
+
+
+def segment_preview(
+    *, store: Store, tree: dict, as_of: dt.date | None = None, sample_size: int = PREVIEW_SAMPLE_SIZE
+) -> Preview:
+    """Member count and a sample for an unsaved rule (``InvalidRule`` when it is not valid)."""
+    tree = rules.check(tree, segment_exists=segment_exists_checker(store))
+    context = evaluation_context(store=store, as_of=as_of)
+    members = rules.members_queryset(tree, context)
+    count = members.count()
+    sample = list(members.order_by("-last_order_at", "-id")[:sample_size]) if sample_size else []
+    return Preview(count=count, sample=sample, query=to_text(tree), tree=tree, as_of=context.as_of)
+
+
+@dataclass
+class ExplainLine:
+    path: str
+    condition: str
+    matched: bool
+    actual: Any
+
+
+FACT_OF_FIELD = {
+    "number_of_orders": "orders_count",
+    "amount_spent": "amount_spent",
+    "average_order_value": "average_order_value",
+    "first_order_date": "first_order_at",
+    "last_order_date": "last_order_at",
+    "customer_added_date": "shopify_created_at",
+    "customer_countries": "country_code",
+    "customer_regions": "province_code",
+    "customer_cities": "city",
+    "email_subscription_status": "email_marketing",
+    "sms_subscription_status": "sms_marketing",
+    "first_order_discount_code": "first_order_discount_code",
+    "first_order_source": "first_order_source",
+    "first_order_utm_source": "first_order_utm_source",
+    "first_order_utm_medium": "first_order_utm_medium",
+    "first_order_utm_campaign": "first_order_utm_campaign",
+}
+
+
+@dataclass
+class Explanation:
+    matched: bool
+    lines: list[ExplainLine]
+    as_of: dt.date
+
+
+def segment_explain(*, store: Store, tree: dict, customer: Customer, as_of: dt.date | None = None) -> Explanation:
+    """For one customer: the whole rule's verdict and each condition's, with the value it read."""
+    if customer.store_id != store.pk:
+        raise ValueError("customer of another store")
+    tree = rules.check(tree, segment_exists=segment_exists_checker(store))
+    context = evaluation_context(store=store, as_of=as_of)
+    one = rules.universe(context).filter(pk=customer.pk)
+    lines = []
+    for path, condition in rules.iter_conditions(tree):
+        matched = one.filter(rules.compile_rule(condition, context)).exists()
+        actual: Any = None
+        if condition["field"] in FACT_OF_FIELD and not context.historical:
+            actual = getattr(customer, FACT_OF_FIELD[condition["field"]])
+        elif condition["field"] == "customer_tags":
+            actual = sorted(customer.tags.values_list("name", flat=True))
+        lines.append(ExplainLine(path=path, condition=to_text(condition), matched=matched, actual=actual))
+    matched = one.filter(rules.compile_rule(tree, context)).exists()
+    return Explanation(matched=matched, lines=lines, as_of=context.as_of)
+
+
+def dependency_order(segments: Iterable[Segment]) -> tuple[list[Segment], list[Segment]]:
+    """(segments ordered so each comes after those it refers to, segments caught in a cycle)."""
+    by_slug = {s.slug: s for s in segments}
+    needs = {
+        s.slug: {ref for ref in rules.referenced_segments(s.rule) if ref in by_slug}
+        if s.kind == SegmentKind.CONDITION and s.rule else set()
+        for s in by_slug.values()
+    }
+    ordered: list[Segment] = []
+    done: set[str] = set()
+    while True:
+        ready = sorted(slug for slug, deps in needs.items() if slug not in done and deps <= done)
+        if not ready:
+            break
+        for slug in ready:
+            ordered.append(by_slug[slug])
+            done.add(slug)
+    cyclic = [by_slug[slug] for slug in sorted(needs) if slug not in done]
+    return ordered, cyclic
+
+
+def find_cycle(*, store: Store, slug: str, tree: dict) -> list[str] | None:
+    """The chain of slugs that would loop back to ``slug`` if it had ``tree``, else None."""
+    rules_by_slug = {
+        s.slug: s.rule for s in Segment.objects.filter(store=store, kind=SegmentKind.CONDITION).only("slug", "rule")
+    }
+    rules_by_slug[slug] = tree
+
+    def visit(current: str, chain: list[str]) -> list[str] | None:
+        for ref in sorted(rules.referenced_segments(rules_by_slug.get(current) or {})):
+            if ref == slug:
+                return [*chain, ref]
+            if ref not in chain and ref in rules_by_slug:
+                found = visit(ref, [*chain, ref])
+                if found:
+                    return found
+        return None
+
+    return visit(slug, [slug])
+
+
+def segment_members(segment: Segment) -> QuerySet[Customer]:
+    return Customer.objects.filter(store_id=segment.store_id, memberships__segment=segment)
+
+
+def segment_recent_events(segment: Segment, limit: int = 50) -> QuerySet[MembershipEvent]:
+    return (
+        MembershipEvent.objects.filter(segment=segment)
+        .select_related("customer")
+        .order_by("-date", "-id")[:limit]
+    )
+
+
+def customer_segments(customer: Customer) -> QuerySet[Segment]:
+    return Segment.objects.filter(
+        store_id=customer.store_id, pk__in=Membership.objects.filter(customer=customer).values("segment_id")
+    )

@@ -1,0 +1,300 @@
+"""Writes about segments: define, version, recompute membership.
+
+Recompute is one set-based evaluation of the rule into a temporary table, then a diff against
+stored membership in four statements (leaves recorded and removed, joins recorded and added).
+Nothing changes when nothing changed; a segment is claimed atomically so two workers never
+compute it at once; status, duration, counts and errors are recorded on the segment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from django.db import connection, transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+from django.utils.text import slugify
+from django.utils.translation import gettext as _
+
+from ecpower.commerce.models import Store
+from segments import rules
+from segments.models import (
+    Membership,
+    MembershipEvent,
+    MembershipEventKind,
+    Segment,
+    SegmentKind,
+    SegmentStatus,
+    SegmentVersion,
+)
+from segments.query_language import parse, to_text
+from segments.selectors import dependency_order, evaluation_context, find_cycle, segment_exists_checker
+
+logger = logging.getLogger(__name__)
+
+# A segment marked running for longer than this is assumed abandoned (worker killed) and reclaimed.
+CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
+# Customer ids per statement when only some customers are recomputed.
+CUSTOMER_CHUNK_SIZE = 2000
+STAGING_TABLE = "ecp_segment_staging"
+
+
+class SegmentBusy(Exception):
+    """Another worker is computing this segment right now."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Definitions
+
+
+def rule_from_input(*, store: Store, query: str | None = None, rule: dict | None = None, slug: str = "") -> dict:
+    """A checked, normalised rule from text or JSON; refuses unknown segments and cycles."""
+    exists = segment_exists_checker(store)
+    if query is not None and query.strip():
+        tree = parse(query, segment_exists=exists)
+    elif rule is not None:
+        tree = rules.check(rule, segment_exists=exists)
+    else:
+        raise rules.InvalidRule([rules.RuleProblem("", _("Give a query or a rule."))])
+    if slug:
+        cycle = find_cycle(store=store, slug=slug, tree=tree)
+        if cycle:
+            raise rules.InvalidRule(
+                [rules.RuleProblem("", _("Segments would refer to each other in a cycle: %(cycle)s.")
+                                   % {"cycle": " → ".join(cycle)})]
+            )
+    return tree
+
+
+@transaction.atomic
+def segment_create(
+    *,
+    store: Store,
+    name: str,
+    slug: str = "",
+    query: str | None = None,
+    rule: dict | None = None,
+    description: str = "",
+    shopify_tag: str = "",
+    user=None,
+) -> Segment:
+    slug = slug or slugify(name) or f"segment-{int(time.time())}"
+    if Segment.objects.filter(store=store, slug=slug).exists():
+        raise rules.InvalidRule([rules.RuleProblem("slug", _("A segment with the slug %(slug)r already exists.")
+                                                   % {"slug": slug})])
+    tree = rule_from_input(store=store, query=query, rule=rule, slug=slug)
+    segment = Segment.objects.create(
+        store=store, name=name, slug=slug, description=description, kind=SegmentKind.CONDITION,
+        rule=tree, query=to_text(tree), shopify_tag=shopify_tag, created_by=user,
+    )
+    SegmentVersion.objects.create(segment=segment, number=1, rule=tree, query=segment.query, created_by=user)
+    return segment
+
+
+@transaction.atomic
+def segment_update(
+    *, segment: Segment, query: str | None = None, rule: dict | None = None, user=None, **fields
+) -> Segment:
+    """Change a segment; a changed rule becomes a new ``SegmentVersion``."""
+    segment = Segment.objects.select_for_update().get(pk=segment.pk)
+    for name, value in fields.items():
+        if name not in {"name", "description", "shopify_tag"}:
+            raise TypeError(f"segment_update() cannot change {name!r}")
+        setattr(segment, name, value)
+    if query is not None or rule is not None:
+        tree = rule_from_input(store=segment.store, query=query, rule=rule, slug=segment.slug)
+        if tree != segment.rule:
+            segment.rule, segment.query = tree, to_text(tree)
+            number = (segment.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+            SegmentVersion.objects.create(
+                segment=segment, number=number, rule=tree, query=segment.query, created_by=user
+            )
+    segment.save()
+    return segment
+
+
+def segment_duplicate(*, segment: Segment, user=None) -> Segment:
+    base = f"{segment.slug}-copy"
+    slug, n = base, 2
+    while Segment.objects.filter(store_id=segment.store_id, slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return segment_create(
+        store=segment.store, name=_("%(name)s (copy)") % {"name": segment.name}, slug=slug, rule=segment.rule,
+        description=segment.description, user=user,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Recompute
+
+
+@dataclass
+class RecomputeResult:
+    segment_id: int
+    slug: str
+    members: int
+    joined: int
+    left: int
+    duration_ms: int
+    as_of: dt.date
+
+
+def _claim(segment: Segment) -> bool:
+    now = timezone.now()
+    claimed = (
+        Segment.objects.filter(pk=segment.pk)
+        .filter(~Q(status=SegmentStatus.RUNNING) | Q(computing_started_at__lt=now - CLAIM_STALE_AFTER)
+                | Q(computing_started_at__isnull=True))
+        .update(status=SegmentStatus.RUNNING, computing_started_at=now)
+    )
+    return claimed == 1
+
+
+def segment_recompute(*, segment: Segment, as_of: dt.date | None = None) -> RecomputeResult:
+    """Evaluate ``segment`` as of ``as_of`` (default: today in the store's zone) and store the diff.
+
+    Raises ``SegmentBusy`` when another worker holds it; records any error on the segment and
+    re-raises it, leaving the previous membership untouched.
+    """
+    if segment.kind != SegmentKind.CONDITION:
+        raise ValueError(_("Only condition segments are recomputed; list members change by explicit action."))
+    if not _claim(segment):
+        raise SegmentBusy(segment.slug)
+    started = time.monotonic()
+    try:
+        with transaction.atomic():
+            context = evaluation_context(store=segment.store, as_of=as_of)
+            tree = rules.check(segment.rule)
+            members = rules.members_queryset(tree, context).values_list("id", flat=True)
+            joined, left, count = _apply_diff(segment, members, context.as_of)
+    except Exception as exc:
+        Segment.objects.filter(pk=segment.pk).update(
+            status=SegmentStatus.FAILED, computing_started_at=None, last_error=str(exc)[:2000],
+            last_duration_ms=int((time.monotonic() - started) * 1000),
+        )
+        logger.exception("recompute of segment %s failed", segment.pk)
+        raise
+    duration_ms = int((time.monotonic() - started) * 1000)
+    Segment.objects.filter(pk=segment.pk).update(
+        status=SegmentStatus.SUCCEEDED, computing_started_at=None, last_computed_at=timezone.now(),
+        last_computed_for=context.as_of, member_count=count, last_joined=joined, last_left=left,
+        last_duration_ms=duration_ms, last_error="",
+    )
+    return RecomputeResult(segment.pk, segment.slug, count, joined, left, duration_ms, context.as_of)
+
+
+def _apply_diff(segment: Segment, members, as_of: dt.date, scope: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """Make stored membership equal ``members`` (within ``scope`` customer ids if given)."""
+    members_sql, members_params = members.query.sql_with_params()
+    membership, events = Membership._meta.db_table, MembershipEvent._meta.db_table
+    now = timezone.now()
+    scope_sql, scope_params = "", []
+    if scope is not None:
+        scope_sql = f" AND m.customer_id IN ({', '.join(['%s'] * len(scope))})"
+        scope_params = list(scope)
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (customer_id bigint PRIMARY KEY)")
+        cursor.execute(f"DELETE FROM {STAGING_TABLE}")
+        cursor.execute(f"INSERT INTO {STAGING_TABLE} (customer_id) {members_sql}", members_params)
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {STAGING_TABLE}")  # temporary tables are never auto-analysed
+        # Leaves: stored members no longer matching.
+        gone = f"""
+            FROM {membership} m WHERE m.segment_id = %s{scope_sql}
+              AND NOT EXISTS (SELECT 1 FROM {STAGING_TABLE} s WHERE s.customer_id = m.customer_id)
+        """
+        cursor.execute(
+            f"""INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
+                SELECT m.store_id, m.segment_id, m.customer_id, %s, %s, %s {gone}""",
+            [MembershipEventKind.LEFT, as_of, now, segment.pk, *scope_params],
+        )
+        left = cursor.rowcount
+        if left:
+            cursor.execute(
+                f"""DELETE FROM {membership} WHERE segment_id = %s AND customer_id IN (
+                        SELECT m.customer_id {gone})""",
+                [segment.pk, segment.pk, *scope_params],
+            )
+        # Joins: matching customers not yet members.
+        new = f"""
+            FROM {STAGING_TABLE} s WHERE NOT EXISTS (
+                SELECT 1 FROM {membership} m WHERE m.segment_id = %s AND m.customer_id = s.customer_id)
+        """
+        cursor.execute(
+            f"""INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
+                SELECT %s, %s, s.customer_id, %s, %s, %s {new}""",
+            [segment.store_id, segment.pk, MembershipEventKind.JOINED, as_of, now, segment.pk],
+        )
+        joined = cursor.rowcount
+        if joined:
+            cursor.execute(
+                f"""INSERT INTO {membership} (store_id, segment_id, customer_id, since)
+                    SELECT %s, %s, s.customer_id, %s {new}""",
+                [segment.store_id, segment.pk, as_of, segment.pk],
+            )
+        cursor.execute(f"SELECT COUNT(*) FROM {membership} WHERE segment_id = %s", [segment.pk])
+        count = cursor.fetchone()[0]
+    return joined, left, count
+
+
+@dataclass
+class StoreRecompute:
+    results: list[RecomputeResult]
+    failed: dict[str, str]
+
+
+def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slugs: Iterable[str] | None = None
+                             ) -> StoreRecompute:
+    """Recompute the store's condition segments, each after the segments it refers to.
+
+    A failing segment is recorded (on itself and in the result) and the others still run;
+    segments caught in a reference cycle are refused.
+    """
+    segments = Segment.objects.filter(store=store, kind=SegmentKind.CONDITION)
+    ordered, cyclic = dependency_order(segments)
+    wanted = set(slugs) if slugs is not None else None
+    failed: dict[str, str] = {}
+    for segment in cyclic:
+        message = _("Segments refer to each other in a cycle; fix one of them.")
+        Segment.objects.filter(pk=segment.pk).update(status=SegmentStatus.FAILED, last_error=message)
+        failed[segment.slug] = message
+    results = []
+    for segment in ordered:
+        if wanted is not None and segment.slug not in wanted:
+            continue
+        try:
+            results.append(segment_recompute(segment=segment, as_of=as_of))
+        except Exception as exc:  # recorded on the segment by segment_recompute; keep going
+            failed[segment.slug] = str(exc)
+    return StoreRecompute(results=results, failed=failed)
+
+
+def customers_segments_recompute(
+    *, store: Store, customer_ids: Iterable[int], as_of: dt.date | None = None
+) -> dict[str, tuple[int, int]]:
+    """Recompute every condition segment for these customers only (after an order webhook).
+
+    Returns {slug: (joined, left)} for segments that changed. Segment counts are refreshed.
+    """
+    ids = sorted(set(customer_ids))
+    ordered, _cyclic = dependency_order(Segment.objects.filter(store=store, kind=SegmentKind.CONDITION))
+    changes: dict[str, tuple[int, int]] = {}
+    context = evaluation_context(store=store, as_of=as_of)
+    with transaction.atomic():
+        for segment in ordered:
+            tree = rules.compile_rule(segment.rule, context)
+            joined = left = 0
+            count = segment.member_count
+            for start in range(0, len(ids), CUSTOMER_CHUNK_SIZE):
+                chunk = ids[start : start + CUSTOMER_CHUNK_SIZE]
+                members = rules.universe(context).filter(tree, pk__in=chunk).values_list("id", flat=True)
+                j, lft, count = _apply_diff(segment, members, context.as_of, scope=chunk)
+                joined, left = joined + j, left + lft
+            if joined or left:
+                changes[segment.slug] = (joined, left)
+                Segment.objects.filter(pk=segment.pk).update(member_count=count)
+    return changes
