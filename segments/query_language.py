@@ -251,11 +251,12 @@ def to_text(tree: dict) -> str:
     return _print(normalize(tree), top=True)
 
 
-def _print(node: dict, top: bool = False) -> str:
+def _print(node: dict, top: bool = False, parent: str = "") -> str:
     for key in ("and", "or"):
         if key in node:
-            text = f" {key.upper()} ".join(_print(child) for child in node[key])
-            return text if top else f"({text})"
+            text = f" {key.upper()} ".join(_print(child, parent=key) for child in node[key])
+            # AND binds tighter than OR, so an AND group directly inside an OR needs no parentheses.
+            return text if top or (key == "and" and parent == "or") else f"({text})"
     if "not" in node:
         return f"NOT {_print(node['not'])}"
     return _print_condition(node)

@@ -53,7 +53,11 @@ class SegmentBusy(Exception):
 
 def rule_from_input(*, store: Store, query: str | None = None, rule: dict | None = None, slug: str = "") -> dict:
     """A checked, normalised rule from text or JSON; refuses unknown segments and cycles."""
-    exists = segment_exists_checker(store)
+    known = segment_exists_checker(store)
+
+    def exists(name: str) -> bool:  # a segment referring to itself is reported as a cycle below
+        return name == slug or known(name)
+
     if query is not None and query.strip():
         tree = parse(query, segment_exists=exists)
     elif rule is not None:
@@ -298,3 +302,20 @@ def customers_segments_recompute(
                 changes[segment.slug] = (joined, left)
                 Segment.objects.filter(pk=segment.pk).update(member_count=count)
     return changes
+
+
+def templates_add(*, store: Store, slugs: Iterable[str] | None = None, user=None) -> list[Segment]:
+    """Add the store's templates (or those named) that it does not have yet; returns the new ones."""
+    from segments.templates import store_templates
+
+    wanted = set(slugs) if slugs is not None else None
+    existing = set(Segment.objects.filter(store=store).values_list("slug", flat=True))
+    created = []
+    for template in store_templates(store):
+        if template.slug in existing or (wanted is not None and template.slug not in wanted):
+            continue
+        created.append(segment_create(
+            store=store, name=template.name, slug=template.slug, query=template.query,
+            description=template.description, user=user,
+        ))
+    return created

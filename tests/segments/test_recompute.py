@@ -1,0 +1,199 @@
+"""Recompute: membership diff, events, idempotency, claims, errors, dependency order, versions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from ecpower.commerce.models import Order
+from ecpower.commerce.services import customer_facts_refresh
+from segments.models import Membership, MembershipEvent, Segment, SegmentStatus
+from segments.query_language import parse
+from segments.rules import InvalidRule
+from segments.selectors import dependency_order, segment_explain, segment_preview, store_today
+from segments.services import (
+    SegmentBusy,
+    customers_segments_recompute,
+    segment_create,
+    segment_duplicate,
+    segment_recompute,
+    segment_update,
+    store_segments_recompute,
+)
+from tests.factories import CustomerFactory, OrderFactory, StoreFactory
+
+
+def buy(customer, days_ago=0, total=1000):
+    today = store_today(customer.store)
+    created = dt.datetime.combine(today - dt.timedelta(days=days_ago), dt.time(12), tzinfo=customer.store.zone)
+    order = OrderFactory(store=customer.store, customer=customer, created_at=created, total=Decimal(total))
+    customer_facts_refresh(store=customer.store, customer_ids=[customer.pk])
+    return order
+
+
+@pytest.fixture
+def store(db):
+    return StoreFactory(shopify_domain="tea.myshopify.com")
+
+
+def members(segment):
+    return set(Membership.objects.filter(segment=segment).values_list("customer_id", flat=True))
+
+
+def events(segment):
+    return sorted(MembershipEvent.objects.filter(segment=segment).values_list("customer_id", "kind", "date"))
+
+
+def test_recompute_records_joins_and_leaves_and_nothing_when_nothing_changed(store):
+    a, b, c = (CustomerFactory(store=store) for _ in range(3))
+    buy(a), buy(a), buy(b)
+    segment = segment_create(store=store, name="Repeaters", slug="repeaters", query="number_of_orders >= 2")
+    today = store_today(store)
+
+    first = segment_recompute(segment=segment)
+    assert (first.members, first.joined, first.left) == (1, 1, 0)
+    assert members(segment) == {a.pk}
+    assert Membership.objects.get(segment=segment).since == today
+
+    again = segment_recompute(segment=segment)
+    assert (again.members, again.joined, again.left) == (1, 0, 0)
+    assert len(events(segment)) == 1
+
+    buy(b)
+    Order.objects.filter(customer=a).update(cancelled_at=timezone.now())
+    customer_facts_refresh(store=store)
+    third = segment_recompute(segment=segment)
+    assert (third.members, third.joined, third.left) == (1, 1, 1)
+    assert members(segment) == {b.pk}
+    assert events(segment) == [(a.pk, "joined", today), (a.pk, "left", today), (b.pk, "joined", today)]
+    segment.refresh_from_db()
+    assert segment.status == SegmentStatus.SUCCEEDED
+    assert (segment.member_count, segment.last_joined, segment.last_left) == (1, 1, 1)
+    assert segment.last_computed_for == today and segment.last_duration_ms is not None
+    assert c.pk not in members(segment)
+
+
+def test_recompute_is_a_handful_of_queries_whatever_the_size(store, django_assert_max_num_queries):
+    for n in range(30):
+        customer = CustomerFactory(store=store)
+        if n % 2:
+            buy(customer, days_ago=n)
+    segment = segment_create(
+        store=store, name="x", slug="x",
+        query="orders_placed MATCHES (date > -1y, count >= 1) AND NOT last_order_date < -10d",
+    )
+    with django_assert_max_num_queries(16):
+        result = segment_recompute(segment=segment)
+    assert result.members == 5  # odd days 1..9
+
+
+def test_a_claimed_segment_is_not_computed_twice(store):
+    segment = segment_create(store=store, name="x", slug="x", query="number_of_orders = 0")
+    Segment.objects.filter(pk=segment.pk).update(status=SegmentStatus.RUNNING, computing_started_at=timezone.now())
+    with pytest.raises(SegmentBusy):
+        segment_recompute(segment=segment)
+    # A claim left behind by a killed worker expires.
+    Segment.objects.filter(pk=segment.pk).update(computing_started_at=timezone.now() - dt.timedelta(hours=2))
+    assert segment_recompute(segment=segment).members == 0
+
+
+def test_a_failing_recompute_is_recorded_and_leaves_membership_alone(store):
+    customer = CustomerFactory(store=store)
+    segment = segment_create(store=store, name="x", slug="x", query="number_of_orders = 0")
+    segment_recompute(segment=segment)
+    Segment.objects.filter(pk=segment.pk).update(rule={"field": "nonsense", "op": "=", "value": 1})
+    segment.refresh_from_db()
+    with pytest.raises(InvalidRule):
+        segment_recompute(segment=segment)
+    segment.refresh_from_db()
+    assert segment.status == SegmentStatus.FAILED
+    assert "nonsense" in segment.last_error
+    assert members(segment) == {customer.pk}
+
+
+def test_store_recompute_runs_segments_after_those_they_refer_to(store):
+    a = CustomerFactory(store=store)
+    buy(a)
+    # Created in the "wrong" order: the outer segment's name sorts first.
+    inner = segment_create(store=store, name="buyers", slug="z-buyers", query="number_of_orders >= 1")
+    outer = segment_create(store=store, name="outer", slug="a-outer", query="in_segment('z-buyers')")
+    ordered, cyclic = dependency_order(Segment.objects.filter(store=store))
+    assert [s.slug for s in ordered] == ["z-buyers", "a-outer"] and not cyclic
+    outcome = store_segments_recompute(store=store)
+    assert not outcome.failed
+    assert members(inner) == members(outer) == {a.pk}
+
+
+def test_cycles_and_unknown_segments_are_refused_when_saving(store):
+    segment_create(store=store, name="a", slug="a", query="number_of_orders >= 1")
+    segment_create(store=store, name="b", slug="b", query="in_segment('a')")
+    a = Segment.objects.get(slug="a")
+    with pytest.raises(InvalidRule, match="cycle: a → b → a"):
+        segment_update(segment=a, query="in_segment('b')")
+    with pytest.raises(InvalidRule, match="no segment 'ghost'"):
+        segment_create(store=store, name="c", slug="c", query="in_segment('ghost')")
+    with pytest.raises(InvalidRule, match="cycle"):
+        segment_create(store=store, name="self", slug="self", query="in_segment('self') OR number_of_orders = 1")
+
+
+def test_every_change_of_the_rule_keeps_a_version(store, django_user_model):
+    user = django_user_model.objects.create(username="hanako")
+    segment = segment_create(store=store, name="x", slug="x", query="number_of_orders >= 2", user=user)
+    segment_update(segment=segment, query="number_of_orders>=2", user=user)  # same rule: no new version
+    segment_update(segment=segment, query="number_of_orders >= 3", name="Loyal", user=user)
+    versions = list(segment.versions.order_by("number").values_list("number", "query", "created_by__username"))
+    assert versions == [(1, "number_of_orders >= 2", "hanako"), (2, "number_of_orders >= 3", "hanako")]
+    segment.refresh_from_db()
+    assert (segment.name, segment.query) == ("Loyal", "number_of_orders >= 3")
+
+
+def test_duplicate_copies_the_rule_under_a_free_slug(store):
+    segment = segment_create(store=store, name="VIP", slug="vip", query="amount_spent >= 50000")
+    first, second = segment_duplicate(segment=segment), segment_duplicate(segment=segment)
+    assert (first.slug, second.slug) == ("vip-copy", "vip-copy-2")
+    assert first.rule == segment.rule
+
+
+def test_recompute_of_given_customers_only_touches_them(store):
+    a, b = CustomerFactory(store=store), CustomerFactory(store=store)
+    segment = segment_create(store=store, name="buyers", slug="buyers", query="number_of_orders >= 1")
+    segment_recompute(segment=segment)
+    assert members(segment) == set()
+    buy(a), buy(b)
+    changes = customers_segments_recompute(store=store, customer_ids=[a.pk])
+    assert changes == {"buyers": (1, 0)}
+    assert members(segment) == {a.pk}  # b changed too, but was not asked for
+    segment.refresh_from_db()
+    assert segment.member_count == 1
+
+
+def test_recompute_as_of_a_past_day_dates_the_events_with_that_day(store):
+    a = CustomerFactory(store=store)
+    buy(a, days_ago=10)
+    segment = segment_create(store=store, name="buyers", slug="buyers", query="number_of_orders >= 1")
+    day = store_today(store) - dt.timedelta(days=20)
+    assert segment_recompute(segment=segment, as_of=day).members == 0
+    result = segment_recompute(segment=segment, as_of=day + dt.timedelta(days=15))
+    assert (result.members, result.joined) == (1, 1)
+    assert events(segment) == [(a.pk, "joined", day + dt.timedelta(days=15))]
+
+
+def test_preview_and_explain(store):
+    a, b = CustomerFactory(store=store), CustomerFactory(store=store)
+    buy(a, total=6000), buy(a, days_ago=200)
+    tree = parse("number_of_orders >= 2 AND last_order_date > -30d OR amount_spent >= 100000")
+    preview = segment_preview(store=store, tree=tree)
+    assert (preview.count, [c.pk for c in preview.sample]) == (1, [a.pk])
+    assert preview.query == "number_of_orders >= 2 AND last_order_date > -30d OR amount_spent >= 100000"
+
+    explanation = segment_explain(store=store, tree=tree, customer=b)
+    assert explanation.matched is False
+    assert [(line.condition, line.matched, line.actual) for line in explanation.lines] == [
+        ("number_of_orders >= 2", False, 0),
+        ("last_order_date > -30d", False, None),
+        ("amount_spent >= 100000", False, Decimal("0.00")),
+    ]
+    assert segment_explain(store=store, tree=tree, customer=a).matched is True
