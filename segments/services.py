@@ -306,7 +306,7 @@ def customers_segments_recompute(
 
 def templates_add(*, store: Store, slugs: Iterable[str] | None = None, user=None) -> list[Segment]:
     """Add the store's templates (or those named) that it does not have yet; returns the new ones."""
-    from segments.templates import store_templates
+    from segments.catalogue import store_templates
 
     wanted = set(slugs) if slugs is not None else None
     existing = set(Segment.objects.filter(store=store).values_list("slug", flat=True))

@@ -24,7 +24,7 @@ class Template:
     query: str
 
 
-def _catalogue() -> list[Template]:
+def catalogue() -> list[Template]:
     t = gettext_lazy
     rows = [
         ("first-time-buyers", t("First-time buyers"), t("Exactly one order so far."), "number_of_orders = 1"),
@@ -69,7 +69,7 @@ def _catalogue() -> list[Template]:
 
 def store_templates(store: Store) -> list[Template]:
     """The fixed catalogue plus one template per product type and per colour tag of the store."""
-    templates = _catalogue()
+    templates = catalogue()
     product_types = (
         Product.objects.filter(store=store).annotate(t=Trim("product_type")).exclude(t="")
         .values_list("t", flat=True).distinct().order_by("t")

@@ -1,0 +1,330 @@
+"""The segment builder and segment pages of the admin.
+
+The builder posts the query to ``preview/`` as the user types and shows the located problems or
+the live member count, a sample and the JSON tree. Saving goes through ``segments.services`` (a
+new version when the rule changed) and queues a recompute.
+"""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import HttpRequest, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
+
+from ecpower.commerce.models import Customer, Store
+from segments import rules
+from segments.catalogue import catalogue, store_templates
+from segments.models import (
+    ConditionSegment,
+    ListSegment,
+    MembershipEvent,
+    Segment,
+    SegmentGroup,
+    SegmentKind,
+    SegmentStatus,
+)
+from segments.selectors import (
+    segment_explain,
+    segment_members,
+    segment_preview,
+    segment_recent_events,
+)
+from segments.services import rule_from_input, segment_create, segment_duplicate, segment_update, templates_add
+from segments.tasks import segment_recompute_enqueue
+
+STATUS_COLOURS = {
+    SegmentStatus.NEW: "#888", SegmentStatus.QUEUED: "#b58105", SegmentStatus.RUNNING: "#1f6fb2",
+    SegmentStatus.SUCCEEDED: "#2e7d32", SegmentStatus.FAILED: "#c62828",
+}
+
+
+@admin.register(SegmentGroup)
+class SegmentGroupAdmin(admin.ModelAdmin):
+    list_display = ("name", "store")
+    list_filter = ("store",)
+    search_fields = ("name",)
+
+
+class ConditionSegmentForm(forms.ModelForm):
+    query = forms.CharField(
+        label=_("Query"),
+        widget=forms.Textarea(attrs={"rows": 4, "class": "vLargeTextField segment-query", "spellcheck": "false"}),
+        help_text=_("For example: number_of_orders >= 2 AND last_order_date < -90d. See docs/segments.md."),
+    )
+
+    class Meta:
+        model = ConditionSegment
+        fields = ("store", "name", "slug", "description", "query", "shopify_tag", "groups")
+
+    def clean(self):
+        cleaned = super().clean()
+        store, query = cleaned.get("store"), cleaned.get("query")
+        if store and query:
+            try:
+                cleaned["rule"] = rule_from_input(store=store, query=query, slug=cleaned.get("slug") or "")
+            except rules.InvalidRule as exc:
+                self.add_error("query", [str(problem) for problem in exc.problems])
+        return cleaned
+
+
+class SegmentAdminBase(admin.ModelAdmin):
+    list_display = ("name", "slug", "status_badge", "member_count", "last_computed_at", "duration", "store")
+    list_filter = ("store", "status", "groups")
+    search_fields = ("name", "slug", "description", "query")
+    list_select_related = ("store",)
+    kind = SegmentKind.CONDITION
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(kind=self.kind)
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj: Segment):
+        title = obj.last_error or obj.get_status_display()
+        return format_html('<span class="segment-status" style="color:{}" title="{}">● {}</span>',
+                           STATUS_COLOURS.get(obj.status, "#888"), title, obj.get_status_display())
+
+    @admin.display(description=_("duration"), ordering="last_duration_ms")
+    def duration(self, obj: Segment):
+        if obj.last_duration_ms is None:
+            return "—"
+        return f"{obj.last_duration_ms / 1000:.2f} s"
+
+
+@admin.register(ConditionSegment)
+class ConditionSegmentAdmin(SegmentAdminBase):
+    form = ConditionSegmentForm
+    change_form_template = "admin/segments/segment_builder.html"
+    change_list_template = "admin/segments/segment_changelist.html"
+    actions = ("recompute_selected", "duplicate_selected")
+    readonly_fields = ("computed_state",)
+    prepopulated_fields = {"slug": ("name",)}
+    filter_horizontal = ("groups",)
+
+    def get_fieldsets(self, request, obj=None):
+        main = ("store", "name", "slug", "description", "query")
+        sets = [(None, {"fields": main}), (_("Shopify and groups"), {"fields": ("shopify_tag", "groups")})]
+        if obj is not None:
+            sets.append((_("Last computation"), {"fields": ("computed_state",)}))
+        return sets
+
+    def get_prepopulated_fields(self, request, obj=None):
+        return {} if obj else self.prepopulated_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("store", "slug", "computed_state") if obj else ()
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is not None:
+            form.base_fields["query"].initial = obj.query
+        return form
+
+    def get_changeform_initial_data(self, request):
+        initial = super().get_changeform_initial_data(request)
+        if "store" not in initial:
+            first = Store.objects.order_by("pk").first()
+            if first:
+                initial["store"] = first.pk
+        return initial
+
+    @admin.display(description=_("state"))
+    def computed_state(self, obj: Segment):
+        return format_html(
+            "{} · {} {} · {} · {}",
+            obj.get_status_display(), obj.member_count, gettext("members"),
+            timezone.localtime(obj.last_computed_at).strftime("%Y-%m-%d %H:%M") if obj.last_computed_at else "—",
+            obj.last_error or gettext("no errors"),
+        )
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        if change:
+            saved = segment_update(segment=obj, rule=data["rule"], user=request.user, name=data["name"],
+                                   description=data["description"], shopify_tag=data["shopify_tag"])
+        else:
+            saved = segment_create(store=data["store"], name=data["name"], slug=data["slug"], rule=data["rule"],
+                                   description=data["description"], shopify_tag=data["shopify_tag"],
+                                   user=request.user)
+        obj.pk, obj.id = saved.pk, saved.pk
+        obj.refresh_from_db()
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        segment_recompute_enqueue(form.instance)
+
+    def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        extra = [
+            path("preview/", self.admin_site.admin_view(self.preview_view), name=f"{prefix}_preview"),
+            path("add-templates/", self.admin_site.admin_view(self.templates_view), name=f"{prefix}_templates"),
+            path("<int:pk>/members/", self.admin_site.admin_view(self.members_view), name=f"{prefix}_members"),
+            path("<int:pk>/recompute/", self.admin_site.admin_view(self.recompute_view),
+                 name=f"{prefix}_recompute"),
+            path("<int:pk>/explain/<int:customer_id>/", self.admin_site.admin_view(self.explain_view),
+                 name=f"{prefix}_explain"),
+        ]
+        return extra + super().get_urls()
+
+    # Views ---------------------------------------------------------------------------------
+
+    def preview_view(self, request: HttpRequest):
+        """POST store + query (or JSON rule) → problems, or count, sample, canonical query and tree."""
+        if request.method != "POST":
+            return JsonResponse({"error": "POST a store and a query"}, status=405)
+        store = Store.objects.filter(pk=request.POST.get("store") or 0).first()
+        if store is None:
+            return JsonResponse({"ok": False, "problems": [{"message": gettext("Choose a store first.")}]})
+        slug = request.POST.get("slug", "")
+        try:
+            if request.POST.get("rule"):
+                tree = rule_from_input(store=store, rule=json.loads(request.POST["rule"]), slug=slug)
+            else:
+                tree = rule_from_input(store=store, query=request.POST.get("query", ""), slug=slug)
+            preview = segment_preview(store=store, tree=tree, sample_size=10)
+        except rules.InvalidRule as exc:
+            return JsonResponse({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
+        except json.JSONDecodeError as exc:
+            return JsonResponse({"ok": False, "problems": [{"message": f"JSON: {exc}"}]})
+        return JsonResponse({
+            "ok": True,
+            "count": preview.count,
+            "as_of": preview.as_of.isoformat(),
+            "query": preview.query,
+            "tree": preview.tree,
+            "sample": [{"id": c.pk, "name": str(c), "email": c.email, "orders": c.orders_count,
+                        "spent": str(c.amount_spent)} for c in preview.sample],
+        })
+
+    def templates_view(self, request: HttpRequest):
+        stores = Store.objects.order_by("name")
+        store = stores.filter(pk=request.POST.get("store") or request.GET.get("store") or 0).first() or stores.first()
+        if request.method == "POST" and store is not None:
+            wanted = request.POST.getlist("template")
+            created = templates_add(store=store, slugs=wanted, user=request.user)
+            for segment in created:
+                segment_recompute_enqueue(segment)
+            self.message_user(request, gettext("%(n)d segments added from templates; computing them now.")
+                              % {"n": len(created)}, messages.SUCCESS)
+            return redirect(reverse("admin:segments_conditionsegment_changelist"))
+        existing = set(Segment.objects.filter(store=store).values_list("slug", flat=True)) if store else set()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": gettext("Add segments from templates"),
+            "stores": stores,
+            "store": store,
+            "templates": [(t, t.slug in existing) for t in (store_templates(store) if store else [])],
+        }
+        return TemplateResponse(request, "admin/segments/segment_templates.html", context)
+
+    def members_view(self, request: HttpRequest, pk: int):
+        segment = get_object_or_404(Segment, pk=pk)
+        members = segment_members(segment).order_by("-amount_spent", "id")
+        search = request.GET.get("q", "").strip()
+        if search:
+            members = members.filter(
+                Q(email__icontains=search) | Q(first_name__icontains=search) | Q(last_name__icontains=search)
+                | Q(phone__icontains=search)
+            )
+        page = Paginator(members, 50).get_page(request.GET.get("page"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "segment": segment,
+            "title": gettext("Members of %(name)s") % {"name": segment.name},
+            "page": page,
+            "search": search,
+        }
+        return TemplateResponse(request, "admin/segments/segment_members.html", context)
+
+    def explain_view(self, request: HttpRequest, pk: int, customer_id: int):
+        segment = get_object_or_404(Segment, pk=pk, kind=SegmentKind.CONDITION)
+        customer = get_object_or_404(Customer, pk=customer_id, store_id=segment.store_id)
+        explanation = segment_explain(store=segment.store, tree=segment.rule, customer=customer)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "segment": segment,
+            "customer": customer,
+            "explanation": explanation,
+            "title": gettext("Why %(customer)s is or is not in %(segment)s")
+            % {"customer": customer, "segment": segment.name},
+        }
+        return TemplateResponse(request, "admin/segments/segment_explain.html", context)
+
+    def recompute_view(self, request: HttpRequest, pk: int):
+        segment = get_object_or_404(Segment, pk=pk)
+        if request.method == "POST":
+            segment_recompute_enqueue(segment)
+            self.message_user(request, gettext("Recompute of %(name)s queued.") % {"name": segment.name})
+        return redirect(reverse("admin:segments_conditionsegment_change", args=[segment.pk]))
+
+    def add_view(self, request, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "segment_templates": catalogue()}
+        return super().add_view(request, form_url, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        segment = self.get_object(request, object_id)
+        if segment is not None:
+            extra_context.update({
+                "recent_events": segment_recent_events(segment, 20),
+                "versions": segment.versions.select_related("created_by")[:20],
+            })
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    # Actions -------------------------------------------------------------------------------
+
+    @admin.action(description=_("Recompute selected segments"))
+    def recompute_selected(self, request, queryset):
+        for segment in queryset:
+            segment_recompute_enqueue(segment)
+        self.message_user(request, gettext("%(n)d recomputes queued.") % {"n": queryset.count()})
+
+    @admin.action(description=_("Duplicate selected segments"))
+    def duplicate_selected(self, request, queryset):
+        for segment in queryset:
+            copy = segment_duplicate(segment=segment, user=request.user)
+            segment_recompute_enqueue(copy)
+        self.message_user(request, gettext("%(n)d segments duplicated.") % {"n": queryset.count()})
+
+
+@admin.register(ListSegment)
+class ListSegmentAdmin(SegmentAdminBase):
+    """List segments are made by the List-segments tools; here they are read and exported."""
+
+    kind = SegmentKind.LIST
+    readonly_fields = ("store", "slug", "member_count", "created_at", "created_by")
+    fields = ("store", "name", "slug", "description", "shopify_tag", "groups", "member_count", "created_by",
+              "created_at")
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(MembershipEvent)
+class MembershipEventAdmin(admin.ModelAdmin):
+    list_display = ("date", "kind", "segment", "customer")
+    list_filter = ("kind", "segment__store", "segment")
+    search_fields = ("customer__email",)
+    date_hierarchy = "date"
+    list_select_related = ("segment", "customer")
+    readonly_fields = ("store", "segment", "customer", "kind", "date", "created_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
