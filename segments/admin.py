@@ -69,10 +69,13 @@ class ConditionSegmentForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
-        store, query = cleaned.get("store"), cleaned.get("query")
+        editing = self.instance.pk is not None  # store and slug are read-only then
+        store = self.instance.store if editing else cleaned.get("store")
+        slug = self.instance.slug if editing else cleaned.get("slug") or ""
+        query = cleaned.get("query")
         if store and query:
             try:
-                cleaned["rule"] = rule_from_input(store=store, query=query, slug=cleaned.get("slug") or "")
+                cleaned["rule"] = rule_from_input(store=store, query=query, slug=slug)
             except rules.InvalidRule as exc:
                 self.add_error("query", [str(problem) for problem in exc.problems])
         return cleaned

@@ -80,7 +80,7 @@ _parser = Lark(GRAMMAR, parser="lalr", propagate_positions=True, maybe_placehold
 TERMINAL_NAMES = {
     "NAME": "an attribute", "OP": "an operator (= != > >= < <=)", "STRING": "a quoted text",
     "NUMBER": "a number", "DATE": "a date", "RELATIVE": "a relative date (-90d)", "TODAY": "today",
-    "YESTERDAY": "yesterday", "LPAR": "(", "RPAR": ")", "COMMA": ",", "_AND": "AND", "_OR": "OR",
+    "YESTERDAY": "yesterday", "LPAR": "'('", "RPAR": "')'", "COMMA": "','", "_AND": "AND", "_OR": "OR",
     "_NOT": "NOT", "_BETWEEN": "BETWEEN", "_IS": "IS", "_NULL": "NULL", "_CONTAINS": "CONTAINS",
     "_MATCHES": "MATCHES", "_IN": "IN", "$END": "the end of the query",
 }

@@ -1,0 +1,140 @@
+"""`manage.py segments` and the admin pages around the builder (the live behaviour is in tests/e2e)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+
+from ecpower.commerce.services import customer_facts_refresh
+from segments.models import ConditionSegment, MembershipEvent, Segment, SegmentStatus
+from tests.factories import CustomerFactory, OrderFactory, ProductFactory, StoreFactory
+
+
+@pytest.fixture
+def shop(db):
+    store = StoreFactory(shopify_domain="tea.myshopify.com")
+    loyal = CustomerFactory(store=store, email="loyal@example.jp", first_name="花子", last_name="山田")
+    once = CustomerFactory(store=store, email="once@example.jp")
+    CustomerFactory(store=store, email="never@example.jp")
+    for _ in range(5):
+        OrderFactory(store=store, customer=loyal)
+    OrderFactory(store=store, customer=once)
+    ProductFactory(store=store, product_type="緑茶")
+    customer_facts_refresh(store=store)
+    return store, loyal, once
+
+
+def run(*args) -> str:
+    out = io.StringIO()
+    call_command("segments", *args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+def test_cli_create_preview_update_recompute_members(shop):
+    store, loyal, once = shop
+    d = ["--store", store.shopify_domain]
+    assert run("preview", *d, "--query", "number_of_orders >= 1").strip() == "2"
+    assert "created repeaters: 1 members" in run("create", *d, "--slug", "repeaters", "--name", "Repeaters",
+                                                 "--query", "number_of_orders >= 2")
+    assert "+1 −0" in run("update", *d, "--slug", "repeaters", "--query", "number_of_orders >= 1")
+    assert "repeaters" in run("recompute", *d, "--slug", "repeaters", "--as-of", "2025-01-02")
+
+    rows = list(csv.reader(io.StringIO(run("members", *d, "--slug", "repeaters", "--format", "csv"))))
+    assert rows[0][:4] == ["shopify_id", "email", "first_name", "last_name"]
+    # OrderFactory dates orders from 2025-01-01 (one a day): as of 2025-01-02 only the loyal one had ordered.
+    assert [r[1] for r in rows[1:]] == ["loyal@example.jp"]
+    assert rows[1][2:4] == ["花子", "山田"]
+
+
+def test_cli_bad_query_exits_non_zero_with_the_located_problem(shop):
+    store, *_ = shop
+    err = io.StringIO()
+    with pytest.raises(CommandError, match="not valid"):
+        call_command("segments", "preview", "--store", store.shopify_domain, "--query", "number_of_orders >=",
+                     stderr=err)
+    assert "line 1, column 20" in err.getvalue()
+
+
+def test_cli_templates_adds_each_template_once(shop):
+    store, *_ = shop
+    first = run("templates", "--store", store.shopify_domain)
+    assert "added loyal" in first and "fans-type-1" in first
+    assert Segment.objects.get(store=store, slug="loyal").member_count == 1
+    assert "already there" in run("templates", "--store", store.shopify_domain)
+
+
+@pytest.fixture
+def staff_client(client, django_user_model, django_capture_on_commit_callbacks):
+    """A logged-in superuser; queued tasks run when the request's transaction commits."""
+    client.force_login(django_user_model.objects.create_superuser("hanako", "h@example.jp", "pw"))
+
+    class Client:
+        def __getattr__(self, name):
+            method = getattr(client, name)
+
+            def call(*args, **kwargs):
+                with django_capture_on_commit_callbacks(execute=True):
+                    return method(*args, **kwargs)
+
+            return call
+
+    return Client()
+
+
+def test_admin_preview_returns_count_or_located_problems(shop, staff_client):
+    store, *_ = shop
+    url = reverse("admin:segments_conditionsegment_preview")
+    ok = staff_client.post(url, {"store": store.pk, "query": "number_of_orders >= 1"}).json()
+    assert (ok["ok"], ok["count"], ok["query"]) == (True, 2, "number_of_orders >= 1")
+    assert ok["tree"] == {"field": "number_of_orders", "op": ">=", "value": 1}
+    bad = staff_client.post(url, {"store": store.pk, "query": "number_of_orders >= 1 AND"}).json()
+    assert bad["ok"] is False and bad["problems"][0]["column"] == 26
+    from_json = staff_client.post(url, {"store": store.pk, "rule": json.dumps({"field": "x"})}).json()
+    assert from_json["problems"][0]["path"] == "field"
+
+
+def test_admin_create_members_explain_recompute_duplicate(shop, staff_client):
+    store, loyal, once = shop
+    response = staff_client.post(reverse("admin:segments_conditionsegment_add"), {
+        "store": store.pk, "name": "Loyal", "slug": "loyal", "description": "", "query": "number_of_orders >= 5",
+        "shopify_tag": "ecp-loyal",
+    })
+    assert response.status_code == 302, response.content.decode()[:2000]
+    segment = ConditionSegment.objects.get(slug="loyal")
+    assert (segment.status, segment.member_count) == (SegmentStatus.SUCCEEDED, 1)
+
+    members = staff_client.get(reverse("admin:segments_conditionsegment_members", args=[segment.pk]), {"q": "loyal@"})
+    assert "loyal@example.jp" in members.content.decode()
+    explain = staff_client.get(reverse("admin:segments_conditionsegment_explain", args=[segment.pk, once.pk]))
+    assert "number_of_orders &gt;= 5" in explain.content.decode()
+
+    bad = staff_client.post(reverse("admin:segments_conditionsegment_change", args=[segment.pk]), {
+        "name": "Loyal", "description": "", "query": "number_of_orders >>", "shopify_tag": "",
+    })
+    assert bad.status_code == 200 and "line 1, column 19" in bad.content.decode()
+
+    staff_client.post(reverse("admin:segments_conditionsegment_change", args=[segment.pk]), {
+        "name": "Loyal", "description": "", "query": "number_of_orders >= 1", "shopify_tag": "",
+    })
+    segment.refresh_from_db()
+    assert (segment.member_count, segment.versions.count()) == (2, 2)
+    assert MembershipEvent.objects.filter(segment=segment, kind="joined").count() == 2
+
+    staff_client.post(reverse("admin:segments_conditionsegment_changelist"),
+                      {"action": "duplicate_selected", "_selected_action": [segment.pk]})
+    assert ConditionSegment.objects.get(slug="loyal-copy").member_count == 2
+    page = staff_client.get(reverse("admin:segments_conditionsegment_change", args=[segment.pk])).content.decode()
+    assert "v2" in page and "number_of_orders &gt;= 1" in page
+
+
+def test_admin_templates_page_adds_checked_templates(shop, staff_client):
+    store, *_ = shop
+    url = reverse("admin:segments_conditionsegment_templates")
+    assert "first-time-buyers" in staff_client.get(url, {"store": store.pk}).content.decode()
+    staff_client.post(url, {"store": store.pk, "template": ["loyal", "prospects"]})
+    assert set(Segment.objects.filter(store=store).values_list("slug", flat=True)) == {"loyal", "prospects"}
