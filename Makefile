@@ -10,7 +10,7 @@ ADMIN_USER ?= admin
 PORT ?= 8000
 PG_URL := postgres://postgres@127.0.0.1:5432/ecpower
 
-.PHONY: venv demo test test-sqlite test-postgres lint messages clean
+.PHONY: venv demo test test-sqlite test-postgres lint bench messages clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,14 @@ test-sqlite: venv
 lint: venv
 	$(BIN)/ruff check .
 	DJANGO_DEBUG=1 DATABASE_URL=sqlite://:memory: $(BIN)/python manage.py makemigrations --check --dry-run
+
+# Benchmarks on PostgreSQL in their own database (tests/bench/README.md); results in bench-results/.
+BENCH_CUSTOMERS ?= 100000
+BENCH_URL := postgres://postgres@127.0.0.1:5432/ecpower_bench
+bench: venv
+	createdb -h 127.0.0.1 -U postgres ecpower_bench 2>/dev/null || true
+	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python manage.py migrate --noinput -v0
+	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python tests/bench/segments_recompute.py --customers $(BENCH_CUSTOMERS)
 
 # Refresh the Japanese catalogue after changing UI text (then translate the new entries in locale/ja).
 messages: venv

@@ -164,7 +164,17 @@ def store_data_delete(*, store: Store) -> None:
 
     Set-based deletes, children first, instead of the ORM's per-object cascade collection,
     which does not scale to a million customers.
+
+    Segments stay, emptied: their memberships and join/leave history go with the customers, and
+    they show as not computed until the next recompute.
     """
+    from django.apps import apps
+
+    membership_event, membership, segment = (
+        apps.get_model("segments", name) for name in ("MembershipEvent", "Membership", "Segment")
+    )
     with transaction.atomic():
-        for model in (LineItem, Order, CustomerTag, Customer, ProductTag, ProductVariant, Product):
+        for model in (membership_event, membership, LineItem, Order, CustomerTag, Customer, ProductTag,
+                      ProductVariant, Product):
             model.objects.filter(store=store)._raw_delete(connection.alias)
+        segment.objects.filter(store=store).update(status="new", member_count=0, last_joined=0, last_left=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 
@@ -21,9 +22,9 @@ def shop(db):
     loyal = CustomerFactory(store=store, email="loyal@example.jp", first_name="花子", last_name="山田")
     once = CustomerFactory(store=store, email="once@example.jp")
     CustomerFactory(store=store, email="never@example.jp")
-    for _ in range(5):
-        OrderFactory(store=store, customer=loyal)
-    OrderFactory(store=store, customer=once)
+    for day in range(1, 6):
+        OrderFactory(store=store, customer=loyal, created_at=dt.datetime(2025, 1, day, 12, tzinfo=dt.UTC))
+    OrderFactory(store=store, customer=once, created_at=dt.datetime(2025, 2, 1, 12, tzinfo=dt.UTC))
     ProductFactory(store=store, product_type="緑茶")
     customer_facts_refresh(store=store)
     return store, loyal, once
@@ -46,7 +47,7 @@ def test_cli_create_preview_update_recompute_members(shop):
 
     rows = list(csv.reader(io.StringIO(run("members", *d, "--slug", "repeaters", "--format", "csv"))))
     assert rows[0][:4] == ["shopify_id", "email", "first_name", "last_name"]
-    # OrderFactory dates orders from 2025-01-01 (one a day): as of 2025-01-02 only the loyal one had ordered.
+    # As of 2025-01-02 only the loyal customer had ordered.
     assert [r[1] for r in rows[1:]] == ["loyal@example.jp"]
     assert rows[1][2:4] == ["花子", "山田"]
 

@@ -197,3 +197,16 @@ def test_preview_and_explain(store):
         ("amount_spent >= 100000", False, Decimal("0.00")),
     ]
     assert segment_explain(store=store, tree=tree, customer=a).matched is True
+
+
+def test_deleting_a_stores_data_empties_its_segments(store):
+    from ecpower.commerce.services import store_data_delete
+
+    buy(CustomerFactory(store=store))
+    segment = segment_create(store=store, name="buyers", slug="buyers", query="number_of_orders >= 1")
+    segment_recompute(segment=segment)
+    store_data_delete(store=store)
+    segment.refresh_from_db()
+    assert (segment.status, segment.member_count) == (SegmentStatus.NEW, 0)
+    assert not Membership.objects.filter(segment=segment).exists()
+    assert not MembershipEvent.objects.filter(segment=segment).exists()
