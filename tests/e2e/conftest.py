@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from django.db import connections
 
 CHROMIUM = os.environ.get("ECPOWER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
@@ -31,6 +32,9 @@ def browser_page(monkeypatch):
         page.set_default_timeout(15_000)
         yield page
         browser.close()
+        # ORM calls made while Playwright's loop runs get their own connection (asgiref keys
+        # connections by context); close it, or PostgreSQL refuses to drop the test database.
+        connections.close_all()
 
 
 def admin_login(page, live_server, username: str, password: str) -> None:

@@ -61,3 +61,4 @@ def test_builder_shows_live_count_and_errors_then_saves_and_computes(browser_pag
     assert page.locator(".segment-history .event-joined").count() == 3
     assert "number_of_orders >= 2" in page.locator(".segment-history").inner_text()
     page.screenshot(path=str(SCREENSHOTS / "segment_detail.png"), full_page=True)
+
