@@ -39,6 +39,7 @@ from segments.selectors import (
     segment_members,
     segment_preview,
     segment_recent_events,
+    segments_referring_to,
 )
 from segments.services import rule_from_input, segment_create, segment_duplicate, segment_update, templates_add
 from segments.tasks import segment_recompute_enqueue
@@ -286,6 +287,25 @@ class ConditionSegmentAdmin(SegmentAdminBase):
                 "versions": segment.versions.select_related("created_by")[:20],
             })
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        segment = self.get_object(request, object_id)
+        users = segments_referring_to(segment) if segment else []
+        if users:
+            self.message_user(request, gettext("%(name)s cannot be deleted: %(users)s use it in in_segment().")
+                              % {"name": segment.name, "users": ", ".join(u.name for u in users)}, messages.ERROR)
+            return redirect(reverse("admin:segments_conditionsegment_change", args=[segment.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    def delete_queryset(self, request, queryset):
+        chosen = set(queryset.values_list("pk", flat=True))
+        blocked = {s.name: [u.name for u in segments_referring_to(s) if u.pk not in chosen] for s in queryset}
+        blocked = {name: users for name, users in blocked.items() if users}
+        if blocked:
+            self.message_user(request, gettext("Nothing deleted: %(list)s are used by other segments.")
+                              % {"list": ", ".join(blocked)}, messages.ERROR)
+            return
+        super().delete_queryset(request, queryset)
 
     # Actions -------------------------------------------------------------------------------
 

@@ -184,3 +184,12 @@ def customer_segments(customer: Customer) -> QuerySet[Segment]:
     return Segment.objects.filter(
         store_id=customer.store_id, pk__in=Membership.objects.filter(customer=customer).values("segment_id")
     )
+
+
+def segments_referring_to(segment: Segment) -> list[Segment]:
+    """Condition segments of the same store whose rule uses ``in_segment(<segment's slug>)``."""
+    return [
+        other
+        for other in Segment.objects.filter(store_id=segment.store_id, kind=SegmentKind.CONDITION).exclude(pk=segment.pk)
+        if other.rule and segment.slug in rules.referenced_segments(other.rule)
+    ]

@@ -139,3 +139,17 @@ def test_admin_templates_page_adds_checked_templates(shop, staff_client):
     assert "first-time-buyers" in staff_client.get(url, {"store": store.pk}).content.decode()
     staff_client.post(url, {"store": store.pk, "template": ["loyal", "prospects"]})
     assert set(Segment.objects.filter(store=store).values_list("slug", flat=True)) == {"loyal", "prospects"}
+
+
+def test_admin_refuses_to_delete_a_segment_another_one_uses(shop, staff_client):
+    from segments.services import segment_create
+
+    store, *_ = shop
+    base = segment_create(store=store, name="Buyers", slug="buyers", query="number_of_orders >= 1")
+    segment_create(store=store, name="Loyal buyers", slug="loyal-buyers", query="in_segment('buyers')")
+    response = staff_client.post(reverse("admin:segments_conditionsegment_delete", args=[base.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    assert Segment.objects.filter(pk=base.pk).exists()
+    staff_client.post(reverse("admin:segments_conditionsegment_changelist"),
+                      {"action": "delete_selected", "_selected_action": [base.pk], "post": "yes"})
+    assert Segment.objects.filter(pk=base.pk).exists()
