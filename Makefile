@@ -26,6 +26,8 @@ demo: venv
 	@test -f .env || { echo "DJANGO_DEBUG=1" > .env; echo "Wrote .env (DJANGO_DEBUG=1) so manage.py works in this checkout."; }
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py generate_demo_store --store $(DEMO_STORE) --customers $(DEMO_CUSTOMERS) --seed $(DEMO_SEED) --replace
+	$(BIN)/python manage.py segments templates --store $(DEMO_STORE)
+	$(BIN)/python manage.py segments recompute --store $(DEMO_STORE)
 	$(BIN)/python manage.py ensure_admin --username $(ADMIN_USER)
 	@echo "Serving http://127.0.0.1:$(PORT)/admin/ (Ctrl-C stops the web server and the worker)"
 	trap 'kill 0' INT TERM EXIT; \
