@@ -18,7 +18,7 @@ from django.utils.translation import gettext as _
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from segments.rules import FIELDS, InvalidRule, RuleProblem, normalize, validate
+from segments.rules import FIELDS, PARAMS, InvalidRule, RuleProblem, normalize, validate
 
 GRAMMAR = r"""
 ?start: or_expr
@@ -283,9 +283,8 @@ def _print_condition(node: dict) -> str:
 
 
 def _print_param(name: str, param: dict, function: str) -> str:
-    from segments.rules import PARAMS
-
-    kind = PARAMS.get(function, {}).get(name).kind if name in PARAMS.get(function, {}) else "string"
+    spec = PARAMS.get(function, {}).get(name)
+    kind = spec.kind if spec else "string"
     op, value = param["op"], param["value"]
     if op == "between":
         return f"{name} BETWEEN {_value(value[0], kind)} AND {_value(value[1], kind)}"

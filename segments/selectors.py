@@ -13,7 +13,7 @@ from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Customer, Store
 from segments import rules
-from segments.models import Membership, MembershipEvent, Segment, SegmentKind
+from segments.models import MembershipEvent, Segment, SegmentKind
 from segments.query_language import to_text
 
 PREVIEW_SAMPLE_SIZE = 20
@@ -177,12 +177,6 @@ def segment_recent_events(segment: Segment, limit: int = 50) -> QuerySet[Members
         MembershipEvent.objects.filter(segment=segment)
         .select_related("customer")
         .order_by("-date", "-id")[:limit]
-    )
-
-
-def customer_segments(customer: Customer) -> QuerySet[Segment]:
-    return Segment.objects.filter(
-        store_id=customer.store_id, pk__in=Membership.objects.filter(customer=customer).values("segment_id")
     )
 
 

@@ -290,12 +290,12 @@ def customers_segments_recompute(
     context = evaluation_context(store=store, as_of=as_of)
     with transaction.atomic():
         for segment in ordered:
-            tree = rules.compile_rule(segment.rule, context)
+            condition = rules.compile_rule(segment.rule, context)
             joined = left = 0
             count = segment.member_count
             for start in range(0, len(ids), CUSTOMER_CHUNK_SIZE):
                 chunk = ids[start : start + CUSTOMER_CHUNK_SIZE]
-                members = rules.universe(context).filter(tree, pk__in=chunk).values_list("id", flat=True)
+                members = rules.universe(context).filter(condition, pk__in=chunk).values_list("id", flat=True)
                 j, lft, count = _apply_diff(segment, members, context.as_of, scope=chunk)
                 joined, left = joined + j, left + lft
             if joined or left:

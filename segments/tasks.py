@@ -6,9 +6,8 @@ import datetime as dt
 
 from django.db import transaction
 
-from ecpower.commerce.models import Store
 from segments.models import Segment, SegmentStatus
-from segments.services import SegmentBusy, segment_recompute, store_segments_recompute
+from segments.services import SegmentBusy, segment_recompute
 
 
 def segment_recompute_run(segment_id: int, as_of: str | None = None) -> str:
@@ -19,12 +18,6 @@ def segment_recompute_run(segment_id: int, as_of: str | None = None) -> str:
     except SegmentBusy:
         return "busy"
     return f"{result.members} members (+{result.joined} −{result.left})"
-
-
-def store_segments_recompute_run(store_id: int, as_of: str | None = None) -> dict:
-    store = Store.objects.get(pk=store_id)
-    outcome = store_segments_recompute(store=store, as_of=dt.date.fromisoformat(as_of) if as_of else None)
-    return {"computed": len(outcome.results), "failed": outcome.failed}
 
 
 def segment_recompute_enqueue(segment: Segment) -> None:
