@@ -165,6 +165,8 @@ Q_CLUSTER["sync"] = env_bool("Q_SYNC", False)
 # --- ecpower ------------------------------------------------------------------------------------
 # Largest CSV file accepted from an upload (bytes).
 CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_CSV_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
+# Largest CSV file accepted to make a list segment (bytes).
+LIST_CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_LIST_CSV_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 LOGGING = {

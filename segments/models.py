@@ -27,6 +27,13 @@ class SegmentStatus(models.TextChoices):
     FAILED = "failed", _("Failed")
 
 
+class ListOrigin(models.TextChoices):
+    QUERY = "query", _("Query")
+    SNAPSHOT = "snapshot", _("Snapshot of a segment")
+    EXPRESSION = "expression", _("Set expression")
+    CSV = "csv", _("CSV upload")
+
+
 class SegmentGroup(models.Model):
     """A folder a segment can belong to (several at once), e.g. "RFM" or "first product"."""
 
@@ -65,6 +72,19 @@ class Segment(models.Model):
     last_left = models.PositiveIntegerField(_("left in last run"), default=0)
     last_duration_ms = models.PositiveIntegerField(_("last duration (ms)"), null=True, blank=True)
     last_error = models.TextField(_("last error"), blank=True)
+
+    # List segments only: where the members came from, and the held-out share.
+    list_origin = models.CharField(_("made from"), max_length=10, choices=ListOrigin.choices, blank=True)
+    expression = models.TextField(
+        _("set expression"), blank=True, help_text=_("For lists made by combining segments, e.g. (vip | line) - unsub.")
+    )
+    source_segments = models.ManyToManyField(
+        "self", symmetrical=False, blank=True, related_name="derived_lists", verbose_name=_("made from segments")
+    )
+    as_of = models.DateField(_("evaluated as of"), null=True, blank=True)
+    holdout_percent = models.DecimalField(_("holdout %"), max_digits=5, decimal_places=2, null=True, blank=True)
+    holdout_seed = models.BigIntegerField(_("holdout seed"), null=True, blank=True)
+    holdout_count = models.PositiveIntegerField(_("held out"), default=0)
 
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, verbose_name=_("created by")
@@ -127,6 +147,8 @@ class Membership(models.Model):
         Customer, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("customer")
     )
     since = models.DateField(_("member since"))
+    # Held out of a list's campaign (measured, never tagged). db_default: recompute inserts with raw SQL.
+    holdout = models.BooleanField(_("held out"), default=False, db_default=False)
 
     class Meta:
         verbose_name = _("membership")
@@ -173,3 +195,28 @@ class MembershipEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id} {self.kind} {self.segment_id} {self.date}"
+
+
+class ListUpload(models.Model):
+    """The CSV file a list was made from and its match report."""
+
+    segment = models.OneToOneField(Segment, on_delete=models.CASCADE, related_name="upload",
+                                   verbose_name=_("list"))
+    file_name = models.CharField(_("file name"), max_length=255)
+    size_bytes = models.PositiveBigIntegerField(_("size (bytes)"))
+    encoding = models.CharField(_("encoding"), max_length=20)
+    column = models.CharField(_("column"), max_length=255, help_text=_("The column the identifiers were read from."))
+    has_header = models.BooleanField(_("has a header row"))
+    rows = models.PositiveIntegerField(_("rows"), help_text=_("Non-blank data rows."))
+    blank_rows = models.PositiveIntegerField(_("blank rows"), default=0)
+    matched = models.PositiveIntegerField(_("matched"))
+    # [[line, value, reason], …] and [[line, value, first line], …]: the downloadable parts of the report.
+    unmatched = models.JSONField(_("unmatched rows"), default=list)
+    duplicates = models.JSONField(_("duplicate rows"), default=list)
+
+    class Meta:
+        verbose_name = _("list upload")
+        verbose_name_plural = _("list uploads")
+
+    def __str__(self) -> str:
+        return self.file_name

@@ -13,7 +13,7 @@ from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Customer, Store
 from segments import rules
-from segments.models import MembershipEvent, Segment, SegmentKind
+from segments.models import Membership, MembershipEvent, Segment, SegmentKind
 from segments.query_language import to_text
 
 PREVIEW_SAMPLE_SIZE = 20
@@ -169,7 +169,16 @@ def find_cycle(*, store: Store, slug: str, tree: dict) -> list[str] | None:
 
 
 def segment_members(segment: Segment) -> QuerySet[Customer]:
+    """Everyone in the segment, held-out members of a list included."""
     return Customer.objects.filter(store_id=segment.store_id, memberships__segment=segment)
+
+
+def segment_targets(segment: Segment) -> QuerySet[Customer]:
+    """The members a campaign reaches: held-out members are left out (tag pushes use this)."""
+    return Customer.objects.filter(
+        store_id=segment.store_id,
+        pk__in=Membership.objects.filter(segment=segment, holdout=False).values("customer_id"),
+    )
 
 
 def segment_recent_events(segment: Segment, limit: int = 50) -> QuerySet[MembershipEvent]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from django.db import connection, transaction
-from django.db.models import Max, Q
+from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
@@ -105,6 +105,9 @@ def segment_update(
 ) -> Segment:
     """Change a segment; a changed rule becomes a new ``SegmentVersion``."""
     segment = Segment.objects.select_for_update().get(pk=segment.pk)
+    if segment.kind == SegmentKind.LIST and (query is not None or rule is not None):
+        raise rules.InvalidRule([rules.RuleProblem("query", _("A list's members are fixed; make a new list "
+                                                              "to use another query."))])
     for name, value in fields.items():
         if name not in {"name", "description", "shopify_tag"}:
             raise TypeError(f"segment_update() cannot change {name!r}")
@@ -174,7 +177,7 @@ def segment_recompute(*, segment: Segment, as_of: dt.date | None = None) -> Reco
             context = evaluation_context(store=segment.store, as_of=as_of)
             tree = rules.check(segment.rule)
             members = rules.members_queryset(tree, context).values_list("id", flat=True)
-            joined, left, count = _apply_diff(segment, members, context.as_of)
+            joined, left, count = membership_apply(segment, members, context.as_of)
     except Exception as exc:
         Segment.objects.filter(pk=segment.pk).update(
             status=SegmentStatus.FAILED, computing_started_at=None, last_error=str(exc)[:2000],
@@ -191,9 +194,13 @@ def segment_recompute(*, segment: Segment, as_of: dt.date | None = None) -> Reco
     return RecomputeResult(segment.pk, segment.slug, count, joined, left, duration_ms, context.as_of)
 
 
-def _apply_diff(segment: Segment, members, as_of: dt.date, scope: Sequence[int] | None = None) -> tuple[int, int, int]:
-    """Make stored membership equal ``members`` (within ``scope`` customer ids if given)."""
-    members_sql, members_params = members.query.sql_with_params()
+def membership_apply(
+    segment: Segment, members: QuerySet | Sequence[int], as_of: dt.date, scope: Sequence[int] | None = None
+) -> tuple[int, int, int]:
+    """Make stored membership equal ``members`` (within ``scope`` customer ids if given).
+
+    ``members`` is a query of customer ids, or the ids themselves. Returns (joined, left, members).
+    """
     membership, events = Membership._meta.db_table, MembershipEvent._meta.db_table
     now = timezone.now()
     scope_sql, scope_params = "", []
@@ -203,7 +210,11 @@ def _apply_diff(segment: Segment, members, as_of: dt.date, scope: Sequence[int] 
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (customer_id bigint PRIMARY KEY)")
         cursor.execute(f"DELETE FROM {STAGING_TABLE}")
-        cursor.execute(f"INSERT INTO {STAGING_TABLE} (customer_id) {members_sql}", members_params)
+        if isinstance(members, QuerySet):
+            members_sql, members_params = members.query.sql_with_params()
+            cursor.execute(f"INSERT INTO {STAGING_TABLE} (customer_id) {members_sql}", members_params)
+        else:
+            cursor.executemany(f"INSERT INTO {STAGING_TABLE} (customer_id) VALUES (%s)", [(i,) for i in members])
         if connection.vendor == "postgresql":
             cursor.execute(f"ANALYZE {STAGING_TABLE}")  # temporary tables are never auto-analysed
         # Leaves: stored members no longer matching.
@@ -296,7 +307,7 @@ def customers_segments_recompute(
             for start in range(0, len(ids), CUSTOMER_CHUNK_SIZE):
                 chunk = ids[start : start + CUSTOMER_CHUNK_SIZE]
                 members = rules.universe(context).filter(condition, pk__in=chunk).values_list("id", flat=True)
-                j, lft, count = _apply_diff(segment, members, context.as_of, scope=chunk)
+                j, lft, count = membership_apply(segment, members, context.as_of, scope=chunk)
                 joined, left = joined + j, left + lft
             if joined or left:
                 changes[segment.slug] = (joined, left)
