@@ -26,10 +26,12 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _DIGITS = re.compile(r"^\d+$")
 _GID = re.compile(r"^gid://shopify/([A-Za-z]+)/(\d+)$")
 _SCIENTIFIC = re.compile(r"^\d+(\.\d+)?[eE]\+?\d+$")
-# Header names (lower case, without spaces, _ or -) that name an identifier column.
+# Header names (lower case, without spaces, _ or -) that name an identifier column, by preference:
+# Shopify customer ids are exact; emails next; a bare "id" may be another system's.
 KNOWN_HEADERS = {
-    "email": 0, "emailaddress": 0, "mail": 0, "メールアドレス": 0, "メール": 0, "eメール": 0,
-    "shopifyid": 1, "customerid": 1, "shopifycustomerid": 1, "顧客id": 1, "id": 2, "gid": 2,
+    "shopifyid": 0, "customerid": 0, "shopifycustomerid": 0, "顧客id": 0,
+    "email": 1, "emailaddress": 1, "mail": 1, "メールアドレス": 1, "メール": 1, "eメール": 1,
+    "id": 2, "gid": 2,
 }
 
 
