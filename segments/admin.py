@@ -12,22 +12,27 @@ import json
 from django import forms
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db.models import Q
-from django.http import HttpRequest, JsonResponse
+from django.db.models import Exists, OuterRef, Q
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from ecpower.commerce.models import Customer, Store
-from segments import rules
+from segments import exports, rules
+from segments.admin_lists import ListSegmentAdminMixin
 from segments.catalogue import catalogue, store_templates
+from segments.lists import list_create_from_segment
 from segments.models import (
     ConditionSegment,
+    ListOrigin,
     ListSegment,
+    Membership,
     MembershipEvent,
     Segment,
     SegmentGroup,
@@ -82,15 +87,42 @@ class ConditionSegmentForm(forms.ModelForm):
         return cleaned
 
 
+class ExportForm(forms.Form):
+    columns = forms.MultipleChoiceField(label=_("Columns"), choices=list(exports.COLUMNS.items()),
+                                        initial=list(exports.DEFAULT_COLUMNS), widget=forms.CheckboxSelectMultiple)
+    encoding = forms.ChoiceField(label=_("Encoding"), widget=forms.RadioSelect, initial="utf-8-sig", choices=[
+        ("utf-8-sig", _("UTF-8 with BOM (Excel)")),
+        ("cp932", _("Shift_JIS (older Excel on Windows)")),
+        ("utf-8", _("UTF-8 (other tools)")),
+    ])
+    holdout = forms.ChoiceField(label=_("Held-out members"), widget=forms.RadioSelect, initial="all", choices=[
+        ("all", _("Include them (the holdout column marks them)")),
+        ("exclude", _("Leave them out (campaign targets only)")),
+        ("only", _("Only them")),
+    ])
+
+
 class SegmentAdminBase(admin.ModelAdmin):
     list_display = ("name", "slug", "status_badge", "member_count", "last_computed_at", "duration", "store")
     list_filter = ("store", "status", "groups")
     search_fields = ("name", "slug", "description", "query")
     list_select_related = ("store",)
     kind = SegmentKind.CONDITION
+    actions = ("snapshot_selected", "combine_selected", "export_selected")
 
     def get_queryset(self, request):
         return super().get_queryset(request).filter(kind=self.kind)
+
+    def _url_name(self, view: str) -> str:
+        return f"admin:{self.opts.app_label}_{self.opts.model_name}_{view}"
+
+    def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        extra = [
+            path("export/", self.admin_site.admin_view(self.export_view), name=f"{prefix}_export"),
+            path("<int:pk>/members/", self.admin_site.admin_view(self.members_view), name=f"{prefix}_members"),
+        ]
+        return extra + super().get_urls()
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, obj: Segment):
@@ -104,13 +136,122 @@ class SegmentAdminBase(admin.ModelAdmin):
             return "—"
         return f"{obj.last_duration_ms / 1000:.2f} s"
 
+    # Views ---------------------------------------------------------------------------------
+
+    def members_view(self, request: HttpRequest, pk: int):
+        segment = get_object_or_404(Segment, pk=pk, kind=self.kind)
+        members = segment_members(segment).annotate(in_holdout=Exists(
+            Membership.objects.filter(segment=segment, customer=OuterRef("pk"), holdout=True)
+        )).order_by("-amount_spent", "id")
+        search = request.GET.get("q", "").strip()
+        if search:
+            members = members.filter(
+                Q(email__icontains=search) | Q(first_name__icontains=search) | Q(last_name__icontains=search)
+                | Q(phone__icontains=search)
+            )
+        page = Paginator(members, 50).get_page(request.GET.get("page"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "segment": segment,
+            "title": gettext("Members of %(name)s") % {"name": segment.name},
+            "page": page,
+            "search": search,
+        }
+        return TemplateResponse(request, "admin/segments/segment_members.html", context)
+
+    def export_view(self, request: HttpRequest):
+        """The export form for ``?ids=1,2``; submitting it downloads the CSV, streamed."""
+        ids = [int(i) for i in request.GET.get("ids", "").split(",") if i.strip().isdigit()]
+        segments = list(Segment.objects.filter(pk__in=ids).select_related("store").order_by("name"))
+        if not segments:
+            self.message_user(request, gettext("Choose the segments to export."), messages.WARNING)
+            return redirect(reverse(self._url_name("changelist")))
+        if len({s.store_id for s in segments}) > 1:
+            self.message_user(request, gettext("Export segments of one store at a time."), messages.ERROR)
+            return redirect(reverse(self._url_name("changelist")))
+        form = ExportForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            holdout = {"all": None, "only": True, "exclude": False}[form.cleaned_data["holdout"]]
+            export = exports.MemberExport(segments, columns=form.cleaned_data["columns"],
+                                          encoding=form.cleaned_data["encoding"], holdout=holdout)
+            charset = "shift_jis" if export.encoding == "cp932" else "utf-8"
+            response = StreamingHttpResponse(export.chunks(), content_type=f"text/csv; charset={charset}")
+            name = segments[0].slug if len(segments) == 1 else f"{len(segments)}-segments"
+            stamp = timezone.localtime().strftime("%Y%m%d")
+            response["Content-Disposition"] = f'attachment; filename="{name}-{stamp}.csv"'
+            return response
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": gettext("Export members"),
+            "segments": segments,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/segments/segment_export.html", context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        segment = self.get_object(request, object_id)
+        users = segments_referring_to(segment) if segment else []
+        if users:
+            self.message_user(request, gettext("%(name)s cannot be deleted: %(users)s use it in in_segment().")
+                              % {"name": segment.name, "users": ", ".join(u.name for u in users)}, messages.ERROR)
+            return redirect(reverse(self._url_name("change"), args=[segment.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    def delete_queryset(self, request, queryset):
+        chosen = set(queryset.values_list("pk", flat=True))
+        blocked = {s.name: [u.name for u in segments_referring_to(s) if u.pk not in chosen] for s in queryset}
+        blocked = {name: users for name, users in blocked.items() if users}
+        if blocked:
+            self.message_user(request, gettext("Nothing deleted: %(list)s are used by other segments.")
+                              % {"list": ", ".join(blocked)}, messages.ERROR)
+            return
+        super().delete_queryset(request, queryset)
+
+    # Actions -------------------------------------------------------------------------------
+
+    @admin.action(description=_("Snapshot selected to lists"))
+    def snapshot_selected(self, request, queryset):
+        stamp = timezone.localtime().strftime("%Y%m%d")
+        made = []
+        for segment in queryset.select_related("store"):
+            base = f"{segment.slug}-{stamp}"
+            slug, n = base, 2
+            while Segment.objects.filter(store_id=segment.store_id, slug=slug).exists():
+                slug, n = f"{base}-{n}", n + 1
+            try:
+                made.append(list_create_from_segment(
+                    source=segment, slug=slug, user=request.user,
+                    name=gettext("%(name)s on %(date)s") % {"name": segment.name, "date": stamp}))
+            except rules.InvalidRule as exc:
+                self.message_user(request, f"{segment.name}: {exc}", messages.ERROR)
+        if made:
+            self.message_user(request, gettext("%(n)d lists made: %(names)s.")
+                              % {"n": len(made), "names": ", ".join(m.name for m in made)}, messages.SUCCESS)
+
+    @admin.action(description=_("Combine selected into a list"))
+    def combine_selected(self, request, queryset):
+        chosen = list(queryset.order_by("slug"))
+        if len({s.store_id for s in chosen}) > 1:
+            self.message_user(request, gettext("Combine segments of one store at a time."), messages.ERROR)
+            return None
+        query = urlencode({"store": chosen[0].store_id, "origin": ListOrigin.EXPRESSION,
+                           "expression": " | ".join(s.slug for s in chosen)})
+        return redirect(f"{reverse('admin:segments_listsegment_add')}?{query}")
+
+    @admin.action(description=_("Export members of selected (CSV)"))
+    def export_selected(self, request, queryset):
+        ids = ",".join(str(pk) for pk in queryset.values_list("pk", flat=True))
+        return redirect(f"{reverse(self._url_name('export'))}?ids={ids}")
+
 
 @admin.register(ConditionSegment)
 class ConditionSegmentAdmin(SegmentAdminBase):
     form = ConditionSegmentForm
     change_form_template = "admin/segments/segment_builder.html"
     change_list_template = "admin/segments/segment_changelist.html"
-    actions = ("recompute_selected", "duplicate_selected")
+    actions = ("recompute_selected", "duplicate_selected", *SegmentAdminBase.actions)
     readonly_fields = ("computed_state",)
     prepopulated_fields = {"slug": ("name",)}
     filter_horizontal = ("groups",)
@@ -172,7 +313,6 @@ class ConditionSegmentAdmin(SegmentAdminBase):
         extra = [
             path("preview/", self.admin_site.admin_view(self.preview_view), name=f"{prefix}_preview"),
             path("add-templates/", self.admin_site.admin_view(self.templates_view), name=f"{prefix}_templates"),
-            path("<int:pk>/members/", self.admin_site.admin_view(self.members_view), name=f"{prefix}_members"),
             path("<int:pk>/recompute/", self.admin_site.admin_view(self.recompute_view),
                  name=f"{prefix}_recompute"),
             path("<int:pk>/explain/<int:customer_id>/", self.admin_site.admin_view(self.explain_view),
@@ -232,26 +372,6 @@ class ConditionSegmentAdmin(SegmentAdminBase):
         }
         return TemplateResponse(request, "admin/segments/segment_templates.html", context)
 
-    def members_view(self, request: HttpRequest, pk: int):
-        segment = get_object_or_404(Segment, pk=pk)
-        members = segment_members(segment).order_by("-amount_spent", "id")
-        search = request.GET.get("q", "").strip()
-        if search:
-            members = members.filter(
-                Q(email__icontains=search) | Q(first_name__icontains=search) | Q(last_name__icontains=search)
-                | Q(phone__icontains=search)
-            )
-        page = Paginator(members, 50).get_page(request.GET.get("page"))
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "segment": segment,
-            "title": gettext("Members of %(name)s") % {"name": segment.name},
-            "page": page,
-            "search": search,
-        }
-        return TemplateResponse(request, "admin/segments/segment_members.html", context)
-
     def explain_view(self, request: HttpRequest, pk: int, customer_id: int):
         segment = get_object_or_404(Segment, pk=pk, kind=SegmentKind.CONDITION)
         customer = get_object_or_404(Customer, pk=customer_id, store_id=segment.store_id)
@@ -288,25 +408,6 @@ class ConditionSegmentAdmin(SegmentAdminBase):
             })
         return super().change_view(request, object_id, form_url, extra_context)
 
-    def delete_view(self, request, object_id, extra_context=None):
-        segment = self.get_object(request, object_id)
-        users = segments_referring_to(segment) if segment else []
-        if users:
-            self.message_user(request, gettext("%(name)s cannot be deleted: %(users)s use it in in_segment().")
-                              % {"name": segment.name, "users": ", ".join(u.name for u in users)}, messages.ERROR)
-            return redirect(reverse("admin:segments_conditionsegment_change", args=[segment.pk]))
-        return super().delete_view(request, object_id, extra_context)
-
-    def delete_queryset(self, request, queryset):
-        chosen = set(queryset.values_list("pk", flat=True))
-        blocked = {s.name: [u.name for u in segments_referring_to(s) if u.pk not in chosen] for s in queryset}
-        blocked = {name: users for name, users in blocked.items() if users}
-        if blocked:
-            self.message_user(request, gettext("Nothing deleted: %(list)s are used by other segments.")
-                              % {"list": ", ".join(blocked)}, messages.ERROR)
-            return
-        super().delete_queryset(request, queryset)
-
     # Actions -------------------------------------------------------------------------------
 
     @admin.action(description=_("Recompute selected segments"))
@@ -324,16 +425,11 @@ class ConditionSegmentAdmin(SegmentAdminBase):
 
 
 @admin.register(ListSegment)
-class ListSegmentAdmin(SegmentAdminBase):
-    """List segments are made by the List-segments tools; here they are read and exported."""
+class ListSegmentAdmin(ListSegmentAdminMixin, SegmentAdminBase):
+    """List segments: made with the "Make a list" form or the actions on segments; members fixed."""
 
-    kind = SegmentKind.LIST
-    readonly_fields = ("store", "slug", "member_count", "created_at", "created_by")
-    fields = ("store", "name", "slug", "description", "shopify_tag", "groups", "member_count", "created_by",
-              "created_at")
-
-    def has_add_permission(self, request):
-        return False
+    search_fields = ("name", "slug", "description", "query", "expression", "upload__file_name")
+    list_select_related = ("store", "created_by")
 
 
 @admin.register(MembershipEvent)

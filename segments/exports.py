@@ -89,32 +89,38 @@ def check_encoding(encoding: str) -> str:
 
 
 class MemberExport:
-    """``for chunk in MemberExport(segment).chunks(): …`` gives the CSV file as bytes."""
+    """``for chunk in MemberExport(segment).chunks(): …`` gives the CSV file as bytes.
 
-    def __init__(self, segment: Segment, *, columns: Sequence[str] | None = None, encoding: str = "utf-8",
-                 holdout: bool | None = None):
-        self.segment = segment
+    Given several segments (of one store), rows start with a ``segment`` column (the slug) and a
+    customer in two segments appears once for each.
+    """
+
+    def __init__(self, segments: Segment | Sequence[Segment], *, columns: Sequence[str] | None = None,
+                 encoding: str = "utf-8", holdout: bool | None = None):
+        self.segments = [segments] if isinstance(segments, Segment) else list(segments)
+        if len({s.store_id for s in self.segments}) != 1:
+            raise ValueError("export segments of one store at a time")
         self.columns = check_columns(columns)
         self.encoding = check_encoding(encoding)
         self.holdout = holdout  # True: only held-out members; False: only targets; None: all
         self.rows = 0
         self.replaced_rows = 0  # rows with characters the encoding cannot hold
 
-    def queryset(self):
-        memberships = Membership.objects.filter(segment=self.segment)
+    def queryset(self, segment: Segment):
+        memberships = Membership.objects.filter(segment=segment)
         if self.holdout is not None:
             memberships = memberships.filter(holdout=self.holdout)
-        customers = Customer.objects.filter(store_id=self.segment.store_id,
-                                            pk__in=memberships.values("customer_id"))
+        customers = Customer.objects.filter(store_id=segment.store_id, pk__in=memberships.values("customer_id"))
         if "holdout" in self.columns:
             customers = customers.annotate(in_holdout=Exists(
-                Membership.objects.filter(segment=self.segment, customer=OuterRef("pk"), holdout=True)))
+                Membership.objects.filter(segment=segment, customer=OuterRef("pk"), holdout=True)))
         if "tags" in self.columns:
             customers = customers.prefetch_related("tags")
         return customers.order_by("pk")
 
     def chunks(self) -> Iterator[bytes]:
-        resource = MemberResource(zone=self.segment.store.zone)
+        resource = MemberResource(zone=self.segments[0].store.zone)
+        several = len(self.segments) > 1
         encoder = codecs.getincrementalencoder(self.encoding)()  # utf-8-sig: the BOM once, first
         line = io.StringIO()
         writer = csv.writer(line, lineterminator="\r\n")
@@ -131,16 +137,20 @@ class MemberExport:
                 text = text.encode(self.encoding, errors="replace").decode(self.encoding)
             return text
 
-        yield encoder.encode(csv_line(resource.get_export_headers(selected_fields=self.columns)))
-        queryset, last_id = self.queryset(), 0
-        while True:
-            batch = list(queryset.filter(pk__gt=last_id)[:CHUNK])
-            if not batch:
-                break
-            text = "".join(csv_line(resource.export_resource(c, selected_fields=self.columns)) for c in batch)
-            self.rows += len(batch)
-            last_id = batch[-1].pk
-            yield encoder.encode(text)
+        header = resource.get_export_headers(selected_fields=self.columns)
+        yield encoder.encode(csv_line(["segment", *header] if several else header))
+        for segment in self.segments:
+            prefix = [segment.slug] if several else []
+            queryset, last_id = self.queryset(segment), 0
+            while True:
+                batch = list(queryset.filter(pk__gt=last_id)[:CHUNK])
+                if not batch:
+                    break
+                text = "".join(csv_line([*prefix, *resource.export_resource(c, selected_fields=self.columns)])
+                               for c in batch)
+                self.rows += len(batch)
+                last_id = batch[-1].pk
+                yield encoder.encode(text)
 
 
 def match_report_csv(upload: ListUpload) -> str:

@@ -102,7 +102,24 @@ class Segment(models.Model):
         return self.name
 
 
+class _KindManager(models.Manager):
+    kind = ""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(kind=self.kind)
+
+
+class ConditionSegmentManager(_KindManager):
+    kind = SegmentKind.CONDITION
+
+
+class ListSegmentManager(_KindManager):
+    kind = SegmentKind.LIST
+
+
 class ConditionSegment(Segment):
+    objects = ConditionSegmentManager()
+
     class Meta:
         proxy = True
         verbose_name = _("condition segment")
@@ -110,6 +127,8 @@ class ConditionSegment(Segment):
 
 
 class ListSegment(Segment):
+    objects = ListSegmentManager()
+
     class Meta:
         proxy = True
         verbose_name = _("list segment")

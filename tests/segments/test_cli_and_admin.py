@@ -69,24 +69,6 @@ def test_cli_templates_adds_each_template_once(shop):
     assert "already there" in run("templates", "--store", store.shopify_domain)
 
 
-@pytest.fixture
-def staff_client(client, django_user_model, django_capture_on_commit_callbacks):
-    """A logged-in superuser; queued tasks run when the request's transaction commits."""
-    client.force_login(django_user_model.objects.create_superuser("hanako", "h@example.jp", "pw"))
-
-    class Client:
-        def __getattr__(self, name):
-            method = getattr(client, name)
-
-            def call(*args, **kwargs):
-                with django_capture_on_commit_callbacks(execute=True):
-                    return method(*args, **kwargs)
-
-            return call
-
-    return Client()
-
-
 def test_admin_preview_returns_count_or_located_problems(shop, staff_client):
     store, *_ = shop
     url = reverse("admin:segments_conditionsegment_preview")
