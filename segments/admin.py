@@ -46,7 +46,14 @@ from segments.selectors import (
     segment_recent_events,
     segments_referring_to,
 )
-from segments.services import rule_from_input, segment_create, segment_duplicate, segment_update, templates_add
+from segments.services import (
+    rule_from_input,
+    segment_create,
+    segment_duplicate,
+    segment_update,
+    templates_add,
+    unique_slug,
+)
 from segments.tasks import segment_recompute_enqueue
 
 STATUS_COLOURS = {
@@ -216,10 +223,7 @@ class SegmentAdminBase(admin.ModelAdmin):
         stamp = timezone.localtime().strftime("%Y%m%d")
         made = []
         for segment in queryset.select_related("store"):
-            base = f"{segment.slug}-{stamp}"
-            slug, n = base, 2
-            while Segment.objects.filter(store_id=segment.store_id, slug=slug).exists():
-                slug, n = f"{base}-{n}", n + 1
+            slug = unique_slug(segment.store, f"{segment.slug}-{stamp}")
             try:
                 made.append(list_create_from_segment(
                     source=segment, slug=slug, user=request.user,

@@ -14,7 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.dateparse import parse_date
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from ecpower.commerce.models import Store
@@ -143,8 +143,12 @@ class ListSegmentAdminMixin:
     list_display = ("name", "slug", "list_origin", "member_count", "holdout", "created_at", "created_by", "store")
     list_filter = ("store", "list_origin", "groups")
     change_form_template = "admin/segments/list_change.html"
-    fields = ("store", "name", "slug", "description", "shopify_tag", "groups", "origin_summary", "member_count",
-              "holdout", "upload_report", "created_by", "created_at")
+    fieldsets = [
+        (None, {"fields": ("store", "name", "slug", "description")}),
+        (_("Members and origin"), {"fields": ("origin_summary", "member_count", "holdout", "upload_report",
+                                              "created_by", "created_at")}),
+        (_("Shopify and groups"), {"fields": ("shopify_tag", "groups")}),
+    ]
     readonly_fields = ("store", "slug", "origin_summary", "member_count", "holdout", "upload_report", "created_by",
                        "created_at")
     filter_horizontal = ("groups",)
@@ -213,7 +217,8 @@ class ListSegmentAdminMixin:
                 except CsvFileError as exc:
                     form.add_error("csv_file", str(exc))
                 else:
-                    self.message_user(request, gettext("List %(name)s made with %(n)d members.")
+                    self.message_user(request, ngettext("List %(name)s made with %(n)d member.",
+                                                        "List %(name)s made with %(n)d members.", made.member_count)
                                       % {"name": made.name, "n": made.member_count}, messages.SUCCESS)
                     return redirect(reverse("admin:segments_listsegment_change", args=[made.pk]))
         else:

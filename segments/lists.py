@@ -17,7 +17,6 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
-from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Customer, Store
@@ -26,7 +25,7 @@ from segments import csv_lists, rules, set_expressions
 from segments.models import ListOrigin, ListUpload, Membership, Segment, SegmentKind, SegmentStatus
 from segments.query_language import to_text
 from segments.selectors import evaluation_context, segment_exists_checker, store_today
-from segments.services import membership_apply, rule_from_input
+from segments.services import membership_apply, rule_from_input, slug_for
 
 HOLDOUT_CHUNK = 5000
 
@@ -51,9 +50,7 @@ def holdout_share(value) -> Decimal | None:
 def _new_list(*, store: Store, name: str, slug: str, origin: str, user, description: str, holdout_percent,
               **fields) -> Segment:
     holdout_share(holdout_percent)
-    slug = slug or slugify(name)
-    if not slug:
-        raise _problem("slug", _("Give the list a slug (letters, digits, - and _)."))
+    slug = slug or slug_for(store, name, kind="list")
     if Segment.objects.filter(store=store, slug=slug).exists():
         raise _problem("slug", _("A segment with the slug %(slug)r already exists.") % {"slug": slug})
     return Segment.objects.create(

@@ -74,6 +74,20 @@ def rule_from_input(*, store: Store, query: str | None = None, rule: dict | None
     return tree
 
 
+def unique_slug(store: Store, base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``… whichever the store does not use yet."""
+    slug, n = base, 2
+    while Segment.objects.filter(store=store, slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def slug_for(store: Store, name: str, *, kind: str = "segment") -> str:
+    """A free slug made from ``name``; names without Latin letters (日本語) get ``kind-YYYYMMDD``."""
+    base = slugify(name)[:90] or f"{kind}-{timezone.localtime().strftime('%Y%m%d')}"
+    return unique_slug(store, base)
+
+
 @transaction.atomic
 def segment_create(
     *,
@@ -86,7 +100,7 @@ def segment_create(
     shopify_tag: str = "",
     user=None,
 ) -> Segment:
-    slug = slug or slugify(name) or f"segment-{int(time.time())}"
+    slug = slug or slug_for(store, name)
     if Segment.objects.filter(store=store, slug=slug).exists():
         raise rules.InvalidRule([rules.RuleProblem("slug", _("A segment with the slug %(slug)r already exists.")
                                                    % {"slug": slug})])
@@ -125,10 +139,7 @@ def segment_update(
 
 
 def segment_duplicate(*, segment: Segment, user=None) -> Segment:
-    base = f"{segment.slug}-copy"
-    slug, n = base, 2
-    while Segment.objects.filter(store_id=segment.store_id, slug=slug).exists():
-        slug, n = f"{base}-{n}", n + 1
+    slug = unique_slug(segment.store, f"{segment.slug}-copy")
     return segment_create(
         store=segment.store, name=_("%(name)s (copy)") % {"name": segment.name}, slug=slug, rule=segment.rule,
         description=segment.description, user=user,

@@ -361,3 +361,11 @@ def test_store_scoping_a_list_never_reads_another_stores_segments(shop):
     assert mine.member_count == 3
     with pytest.raises(InvalidRule, match="no segment 'b'"):
         list_create_from_expression(store=other, name="Theirs", expression="a | b")
+
+
+def test_a_japanese_name_gets_a_dated_slug_each_one_free(shop):
+    store, _ids = shop
+    first = list_create_from_expression(store=store, name="春のキャンペーン", expression="a")
+    second = list_create_from_expression(store=store, name="春のキャンペーン", expression="b")
+    assert first.slug.startswith("list-") and len(first.slug) == len("list-20260101")
+    assert second.slug == f"{first.slug}-2"

@@ -1,0 +1,73 @@
+"""Making a list in a real browser: origin switch, live count from the builder, holdout, CSV upload."""
+
+from __future__ import annotations
+
+import pytest
+
+from segments.models import ListSegment, Membership
+from segments.services import segment_create, segment_recompute
+from tests.e2e.conftest import SCREENSHOTS, admin_login
+from tests.factories import CustomerFactory, StoreFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_make_a_list_with_live_count_then_from_a_csv(browser_page, live_server, django_user_model, tmp_path):
+    store = StoreFactory(name="茶舗", shopify_domain="tea.myshopify.com")
+    people = [CustomerFactory(store=store, email=f"p{i}@example.jp") for i in range(10)]
+    for i, person in enumerate(people):
+        if i < 6:
+            person.tags.create(store=store, name="vip")
+        if i % 2 == 0:
+            person.tags.create(store=store, name="unsub")
+    for slug in ("vip", "unsub"):
+        segment_recompute(segment=segment_create(store=store, name=slug.upper(), slug=slug,
+                                                 query=f"customer_tags CONTAINS '{slug}'"))
+    django_user_model.objects.create_superuser("hanako", "hanako@example.jp", "pw-for-tests")
+    page = browser_page
+    admin_login(page, live_server, "hanako", "pw-for-tests")
+
+    page.goto(f"{live_server.url}/admin/segments/listsegment/add/")
+    page.select_option("#id_store", str(store.pk))
+    page.fill("#id_name", "キャンペーン対象")
+    page.fill("#id_slug", "campaign")
+    page.check("input[name=origin][value=expression]")
+    assert page.locator("fieldset[data-origin=expression]").is_visible()
+    assert not page.locator("fieldset[data-origin=csv]").is_visible()
+
+    # A typed expression with a mistake: the located problem shows, then the fixed one counts.
+    page.fill("#id_expression", "vip -")
+    page.locator("#list-preview-problems").wait_for(state="visible")
+    assert "line 1, column 6" in page.locator("#list-preview-problems").inner_text()
+    page.fill("#id_expression", "")
+    page.select_option("#id_any_of", label=next(o for o in page.locator("#id_any_of option").all_inner_texts()
+                                                 if o.startswith("VIP")))
+    page.select_option("#id_minus", label=next(o for o in page.locator("#id_minus option").all_inner_texts()
+                                               if o.startswith("UNSUB")))
+    page.fill("#id_holdout_percent", "34")
+    page.wait_for_function("document.querySelector('#list-preview-definition').textContent === 'vip - unsub'")
+    assert page.locator("#list-preview-count strong").inner_text() == "3"  # vip {0..5} minus even ones
+    assert "1 " in page.locator("#list-preview-count").inner_text()  # 34 % of 3 held out
+    page.screenshot(path=str(SCREENSHOTS / "list_make_builder.png"), full_page=True)
+    page.click("#list-make-form input[type=submit]")
+    page.wait_for_url("**/listsegment/*/change/")
+    made = ListSegment.objects.get(slug="campaign")
+    assert made.expression == "vip - unsub" and made.member_count == 3 and made.holdout_count == 1
+    assert "vip - unsub" in page.locator(".field-origin_summary").inner_text()
+
+    # From a CSV: the match report is on the list's page.
+    upload = tmp_path / "targets.csv"
+    upload.write_bytes("メールアドレス\r\np1@example.jp\r\nnobody@example.jp\r\np1@example.jp\r\n".encode("cp932"))
+    page.goto(f"{live_server.url}/admin/segments/listsegment/add/")
+    page.select_option("#id_store", str(store.pk))
+    page.fill("#id_name", "アップロード")
+    page.check("input[name=origin][value=csv]")
+    page.set_input_files("#id_csv_file", str(upload))
+    page.click("#list-make-form input[type=submit]")
+    page.wait_for_url("**/listsegment/*/change/")
+    report = page.locator(".field-upload_report").inner_text()
+    assert "cp932" in report and "メールアドレス" in report
+    page.screenshot(path=str(SCREENSHOTS / "list_match_report.png"), full_page=True)
+    uploaded = ListSegment.objects.get(name="アップロード")
+    assert list(Membership.objects.filter(segment=uploaded).values_list("customer_id", flat=True)) == [people[1].pk]
+    assert uploaded.upload.unmatched == [[3, "nobody@example.jp", "No customer with this email address in the store."]]
