@@ -177,4 +177,6 @@ def store_data_delete(*, store: Store) -> None:
         for model in (membership_event, membership, LineItem, Order, CustomerTag, Customer, ProductTag,
                       ProductVariant, Product):
             model.objects.filter(store=store)._raw_delete(connection.alias)
-        segment.objects.filter(store=store).update(status="new", member_count=0, last_joined=0, last_left=0)
+        segment.objects.filter(store=store).update(
+            status="new", member_count=0, last_joined=0, last_left=0, holdout_count=0
+        )
