@@ -70,4 +70,5 @@ def test_make_a_list_with_live_count_then_from_a_csv(browser_page, live_server, 
     page.screenshot(path=str(SCREENSHOTS / "list_match_report.png"), full_page=True)
     uploaded = ListSegment.objects.get(name="アップロード")
     assert list(Membership.objects.filter(segment=uploaded).values_list("customer_id", flat=True)) == [people[1].pk]
-    assert uploaded.upload.unmatched == [[3, "nobody@example.jp", "No customer with this email address in the store."]]
+    # The report is written in the language of the person who uploaded (the browser asks for Japanese).
+    assert uploaded.upload.unmatched == [[3, "nobody@example.jp", "このメールアドレスの顧客はストアにいません。"]]

@@ -215,6 +215,15 @@ def test_csv_with_a_japanese_header_in_each_encoding(customers, encoding):
     assert made.list_origin == ListOrigin.CSV
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp932"])
+def test_csv_without_a_header_in_each_encoding(customers, encoding):
+    store, people = customers
+    made = make_from_csv(store, "山田花子,hanako0@example.jp\r\n髙橋,hanako4@example.jp\r\n", encoding)
+    assert members(made) == {people[0].pk, people[4].pk}
+    assert (made.upload.encoding, made.upload.has_header, made.upload.column, made.upload.rows) == (
+        encoding, False, "column 2", 2)
+
+
 def test_csv_without_a_header_of_ids_gids_and_guarded_ids(customers):
     store, people = customers
     text = "7000000000000\n\n'7000000000001\ngid://shopify/Customer/7000000000002\n"
