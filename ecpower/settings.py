@@ -45,6 +45,9 @@ INSTALLED_APPS = [
     "django_q",
     "import_export",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "ecpower.commerce",
     "segments",
     "integrations",
@@ -168,6 +171,36 @@ CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_CSV_MAX_UPLOAD_BYTES", 200 * 1024 * 1024
 # Largest CSV file accepted to make a list segment (bytes).
 LIST_CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_LIST_CSV_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
+# --- REST API (docs/api.md) -----------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "ecpower.api.framework.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["ecpower.api.framework.StorePermission"],
+    "DEFAULT_THROTTLE_CLASSES": ["ecpower.api.framework.ApiKeyRateThrottle"],
+    # Requests per key (or staff user); over it, 429 with Retry-After.
+    "DEFAULT_THROTTLE_RATES": {"api": env_str("ECPOWER_API_RATE", default="1200/min")},
+    "DEFAULT_PAGINATION_CLASS": "ecpower.api.framework.CursorPagination",
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "ecpower.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ecpower API",
+    "DESCRIPTION": "Segments, lists and store data of a Shopify store, for partner tools. See docs/api.md.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"MarketingStateEnum": "ecpower.commerce.models.MarketingState"},
+}
 
 LOGGING = {
     "version": 1,

@@ -5,9 +5,12 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count
 from django.utils.html import format_html
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from ecpower.commerce.access import api_key_create, api_key_revoke
 from ecpower.commerce.models import (
+    ApiKey,
     CsvImport,
     CsvImportStatus,
     Customer,
@@ -18,6 +21,7 @@ from ecpower.commerce.models import (
     ProductTag,
     ProductVariant,
     Store,
+    StoreMembership,
 )
 from ecpower.commerce.tasks import csv_import_enqueue
 
@@ -180,3 +184,52 @@ class CsvImportAdmin(admin.ModelAdmin):
         if not change:
             csv_import_enqueue(obj)
             messages.info(request, _("The import is queued; this page shows its progress."))
+
+
+@admin.register(StoreMembership)
+class StoreMembershipAdmin(admin.ModelAdmin):
+    list_display = ("user", "store", "role")
+    list_filter = ("store", "role")
+    search_fields = ("user__username", "user__email")
+    list_select_related = ("user", "store")
+
+
+class ApiKeyForm(forms.ModelForm):
+    class Meta:
+        model = ApiKey
+        fields = ("store", "name", "scope")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are made here and shown once, in the message after saving; only a hash is kept."""
+
+    form = ApiKeyForm
+    list_display = ("name", "store", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("store", "scope")
+    search_fields = ("name", "prefix")
+    list_select_related = ("store",)
+    actions = ("revoke_selected",)
+
+    def get_readonly_fields(self, request, obj=None):
+        return ("store", "scope", "prefix", "created_by", "created_at", "last_used_at", "revoked_at") if obj else ()
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("store", "name", "scope")
+        return ("store", "name", "scope", "prefix", "created_by", "created_at", "last_used_at", "revoked_at")
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        key, raw = api_key_create(store=form.cleaned_data["store"], name=form.cleaned_data["name"],
+                                  scope=form.cleaned_data["scope"], user=request.user)
+        obj.pk, obj.id = key.pk, key.pk
+        self.message_user(request, gettext("Copy this key now; it is not shown again: %(key)s") % {"key": raw},
+                          messages.WARNING)
+
+    @admin.action(description=_("Revoke selected keys"))
+    def revoke_selected(self, request, queryset):
+        for key in queryset:
+            api_key_revoke(key=key)
+        self.message_user(request, gettext("%(n)d keys revoked.") % {"n": queryset.count()})

@@ -414,3 +414,55 @@ class CsvImport(models.Model):
         if not self.progress_total:
             return 100 if self.status == CsvImportStatus.SUCCEEDED else 0
         return min(100, round(100 * self.progress_done / self.progress_total))
+
+
+class StoreRole(models.TextChoices):
+    VIEWER = "viewer", _("Viewer (read only)")
+    EDITOR = "editor", _("Editor")
+    OWNER = "owner", _("Owner")
+
+
+class StoreMembership(models.Model):
+    """A staff user's access to one store. Superusers see every store without one."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="store_memberships",
+                             verbose_name=_("user"))
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("store"))
+    role = models.CharField(_("role"), max_length=10, choices=StoreRole.choices, default=StoreRole.VIEWER)
+
+    class Meta:
+        verbose_name = _("store membership")
+        verbose_name_plural = _("store memberships")
+        constraints = [models.UniqueConstraint(fields=["user", "store"], name="store_membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.store} ({self.role})"
+
+
+class ApiKeyScope(models.TextChoices):
+    READ = "read", _("Read")
+    READ_WRITE = "read_write", _("Read and write")
+
+
+class ApiKey(models.Model):
+    """A partner tool's key to one store's API. Only a hash is kept; the key is shown once."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="api_keys", verbose_name=_("store"))
+    name = models.CharField(_("name"), max_length=200, help_text=_("Who uses it, e.g. the LINE messaging tool."))
+    # Public part of the key (``ecp_<prefix>_<secret>``): finds the row without scanning hashes.
+    prefix = models.CharField(_("prefix"), max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(_("key hash"), max_length=64, editable=False)
+    scope = models.CharField(_("scope"), max_length=10, choices=ApiKeyScope.choices, default=ApiKeyScope.READ)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+", verbose_name=_("created by"))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    last_used_at = models.DateTimeField(_("last used at"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
+        ordering = ["store", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (ecp_{self.prefix}_…)"
