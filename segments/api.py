@@ -13,7 +13,7 @@ from ecpower.api.framework import StoreScopedMixin, request_can_write, request_s
 from ecpower.commerce.api import CustomerSerializer
 from ecpower.commerce.models import Store
 from segments.models import Segment, SegmentKind
-from segments.selectors import segment_members, segment_preview
+from segments.selectors import segment_members, segment_preview, segments_referring_to
 from segments.services import rule_from_input, segment_create, segment_update
 from segments.tasks import segment_recompute_enqueue
 
@@ -95,6 +95,13 @@ class SegmentViewSet(StoreScopedMixin, mixins.CreateModelMixin, mixins.UpdateMod
             if segment.kind == SegmentKind.CONDITION:
                 segment_recompute_enqueue(segment)
         serializer.instance = segment
+
+    def perform_destroy(self, instance):
+        users = segments_referring_to(instance)
+        if users:
+            raise serializers.ValidationError(
+                {"slug": [f"{instance.slug} is used by in_segment() in: {', '.join(u.slug for u in users)}."]})
+        instance.delete()
 
     def _user(self):
         user = self.request.user

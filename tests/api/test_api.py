@@ -213,3 +213,16 @@ def test_admin_makes_a_key_shown_once_and_revokes_it(stores, staff_client):
     staff_client.post(reverse("admin:commerce_apikey_changelist"),
                       {"action": "revoke_selected", "_selected_action": [key.pk]})
     assert client_with(raw).get(reverse("store-list")).status_code == 401
+
+
+def test_deleting_a_segment_another_one_uses_is_refused(stores):
+    a, _b = stores
+    _key, raw = api_key_create(store=a, name="crm", scope=ApiKeyScope.READ_WRITE)
+    client = client_with(raw)
+    vip = Segment.objects.get(store=a, slug="vip")
+    segment_create(store=a, name="Not VIP", slug="not-vip", query="NOT in_segment('vip')")
+    refused = client.delete(reverse("segment-detail", kwargs={"pk": vip.pk}))
+    assert refused.status_code == 400 and "not-vip" in refused.json()["error"]["details"][0]["message"]
+    assert client.delete(reverse("segment-detail", kwargs={"pk": Segment.objects.get(slug="not-vip").pk})
+                         ).status_code == 204
+    assert client.delete(reverse("segment-detail", kwargs={"pk": vip.pk})).status_code == 204
