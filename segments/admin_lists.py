@@ -8,6 +8,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.widgets import AdminDateWidget
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -204,7 +205,7 @@ class ListSegmentAdminMixin:
 
     def add_view(self, request: HttpRequest, form_url="", extra_context=None):
         if not self.has_add_permission(request):
-            return HttpResponse(status=403)
+            raise PermissionDenied
         if request.method == "POST":
             form = ListMakeForm(request.POST, request.FILES)
             if form.is_valid():

@@ -6,7 +6,7 @@ from django.db import transaction
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 
 from ecpower.api.framework import StoreScopedMixin, request_can_write, request_stores
@@ -115,8 +115,7 @@ class SegmentViewSet(StoreScopedMixin, mixins.CreateModelMixin, mixins.UpdateMod
         params.is_valid(raise_exception=True)
         store = request_stores(request).filter(pk=params.validated_data["store"]).first()
         if store is None:
-            return Response({"error": {"code": "not_found", "message": "No such store.", "details": []}},
-                            status=status.HTTP_404_NOT_FOUND)
+            raise NotFound()
         tree = rule_from_input(store=store, query=params.validated_data.get("query"),
                                rule=params.validated_data.get("rule"))
         preview = segment_preview(store=store, tree=tree, as_of=params.validated_data.get("as_of"))
@@ -130,8 +129,7 @@ class SegmentViewSet(StoreScopedMixin, mixins.CreateModelMixin, mixins.UpdateMod
         """Queue a recompute of a condition segment."""
         segment = self.get_object()
         if segment.kind != SegmentKind.CONDITION:
-            return Response({"error": {"code": "invalid", "message": "Lists are not recomputed.", "details": []}},
-                            status=status.HTTP_400_BAD_REQUEST)
+            raise serializers.ValidationError("Lists are not recomputed; their members change by explicit action.")
         segment_recompute_enqueue(segment)
         return Response(status=status.HTTP_202_ACCEPTED)
 

@@ -18,14 +18,12 @@ from django.db.models.functions import Lower
 from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Customer, Store
-from ecpower.commerce.shopify_csv import CsvFileError, decode_csv_bytes
+from ecpower.commerce.shopify_csv import DIGITS, SCIENTIFIC_NUMBER, CsvFileError, clean, decode_csv_bytes
 
 LOOKUP_CHUNK = 2000
 SAMPLE_ROWS = 200
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
-_DIGITS = re.compile(r"^\d+$")
 _GID = re.compile(r"^gid://shopify/([A-Za-z]+)/(\d+)$")
-_SCIENTIFIC = re.compile(r"^\d+(\.\d+)?[eE]\+?\d+$")
 # Header names (lower case, without spaces, _ or -) that name an identifier column, by preference:
 # Shopify customer ids are exact; emails next; a bare "id" may be another system's.
 KNOWN_HEADERS = {
@@ -58,15 +56,8 @@ class MatchReport:
 
 
 def looks_like_identifier(cell: str) -> bool:
-    value = _clean(cell)
-    return bool(_EMAIL.match(value) or _DIGITS.match(value) or _GID.match(value) or _SCIENTIFIC.match(value))
-
-
-def _clean(cell: str) -> str:
-    value = cell.strip()
-    if value.startswith("'"):
-        value = value[1:].strip()
-    return value
+    value = clean(cell)
+    return bool(_EMAIL.match(value) or DIGITS.match(value) or _GID.match(value) or SCIENTIFIC_NUMBER.match(value))
 
 
 def _header_key(name: str) -> str:
@@ -150,17 +141,17 @@ def _choose_column(file_name: str, header: list[str], has_header: bool, rows, co
 
 def _identifier(value: str) -> tuple[str, str | int] | str:
     """("email", address) or ("id", shopify id), or the reason the value is not an identifier."""
-    value = _clean(value)
+    value = clean(value)
     if _EMAIL.match(value):
         return "email", value.lower()
-    if _DIGITS.match(value):
+    if DIGITS.match(value):
         return "id", int(value)
     gid = _GID.match(value)
     if gid:
         if gid.group(1) != "Customer":
             return _("%(kind)s ids are not customers.") % {"kind": gid.group(1)}
         return "id", int(gid.group(2))
-    if _SCIENTIFIC.match(value):
+    if SCIENTIFIC_NUMBER.match(value):
         return _("Excel turned this id into a rounded number; the original cannot be recovered.")
     return _("Not an email address or a Shopify customer id.")
 

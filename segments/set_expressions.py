@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from django.db.models import Q
 from django.utils.translation import gettext as _
-from lark import Lark, Token, Transformer, UnexpectedInput
+from lark import Lark, Token, Transformer, UnexpectedEOF, UnexpectedInput
 
 from segments.rules import InvalidRule, RuleProblem
 
@@ -80,7 +80,7 @@ def parse(text: str, *, segment_exists: Callable[[str], bool] | None = None) -> 
     except UnexpectedInput as exc:
         column = getattr(exc, "column", 0) or 1
         line = getattr(exc, "line", 0) or 1
-        if exc.__class__.__name__ == "UnexpectedEOF" or getattr(getattr(exc, "token", None), "type", "") == "$END":
+        if isinstance(exc, UnexpectedEOF) or getattr(getattr(exc, "token", None), "type", "") == "$END":
             lines = text.splitlines() or [""]
             line, column = len(lines), len(lines[-1]) + 1
             message = _("The expression ends too early; expected a segment slug or '('.")

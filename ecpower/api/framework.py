@@ -12,7 +12,7 @@ from rest_framework import exceptions, pagination, permissions, throttling
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
 from ecpower.commerce.access import api_key_check, can_write, stores_for
-from ecpower.commerce.models import ApiKey
+from ecpower.commerce.models import ApiKey, Store
 
 
 class ApiKeyUser:
@@ -96,7 +96,7 @@ class StorePermission(permissions.BasePermission):
     def has_object_permission(self, request, view, obj) -> bool:
         if self._reads(request, view):
             return True
-        store_id = obj.pk if obj.__class__.__name__ == "Store" else obj.store_id
+        store_id = obj.pk if isinstance(obj, Store) else obj.store_id
         return request_can_write(request, store_id)
 
 

@@ -122,8 +122,8 @@ def read_rows(data: bytes, *, file_name: str, required: tuple[str, ...], kind: s
 
 # --- values -----------------------------------------------------------------------------------
 
-_DIGITS = re.compile(r"^\d+$")
-_SCIENTIFIC = re.compile(r"^\d+(\.\d+)?[eE]\+?\d+$")
+DIGITS = re.compile(r"^\d+$")
+SCIENTIFIC_NUMBER = re.compile(r"^\d+(\.\d+)?[eE]\+?\d+$")
 _DATETIME_FORMATS = (
     "%Y-%m-%d %H:%M:%S %z",
     "%Y-%m-%dT%H:%M:%S%z",
@@ -150,9 +150,9 @@ def parse_shopify_id(value: str) -> int | None:
         value = value.rsplit("/", 1)[-1]
     if not value:
         return None
-    if _DIGITS.match(value):
+    if DIGITS.match(value):
         return int(value)
-    if _SCIENTIFIC.match(value):
+    if SCIENTIFIC_NUMBER.match(value):
         raise ValueError(
             _("%(value)s is an id that Excel turned into a rounded number; export the file from Shopify again "
               "and do not save it from Excel.") % {"value": value}
@@ -184,7 +184,7 @@ def parse_decimal(value: str, *, default: Decimal | None = Decimal("0")) -> Deci
 
 def parse_quantity(value: str) -> int:
     value = clean(value)
-    if not _DIGITS.match(value):
+    if not DIGITS.match(value):
         raise ValueError(_("%(value)s is not a whole number of items.") % {"value": value or "''"})
     return int(value)
 
@@ -235,7 +235,7 @@ def normalize_province(province: str, country: str) -> str:
     """Shopify's province codes: ``JP-13`` for Tokyo. A bare ``13`` with a country becomes ``JP-13``."""
     province = clean(province)
     country = clean(country).upper()
-    if province and country and _DIGITS.match(province):
+    if province and country and DIGITS.match(province):
         return f"{country}-{province.zfill(2)}"
     return province
 
