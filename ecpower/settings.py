@@ -16,7 +16,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from ecpower.env import env_bool, env_int, env_list, env_secret, env_str, load_env_file
+from ecpower.env import env_bool, env_float, env_int, env_list, env_secret, env_str, load_env_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -171,6 +171,27 @@ CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_CSV_MAX_UPLOAD_BYTES", 200 * 1024 * 1024
 # Largest CSV file accepted to make a list segment (bytes).
 LIST_CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_LIST_CSV_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
+# --- Shopify (docs/shopify.md) ------------------------------------------------------------------
+# Admin API version every request names. Shopify serves a retired version with the oldest supported
+# one (same URL, HTTP 200); the answering version is logged and shown on the connection.
+SHOPIFY_API_VERSION = env_str("SHOPIFY_API_VERSION", default="2026-10")
+# Where a shop's Admin API lives; {shop} is its myshopify domain. The local emulator sets
+# http://127.0.0.1:8765/{shop} (make demo does).
+SHOPIFY_ADMIN_URL = env_str("SHOPIFY_ADMIN_URL", default="https://{shop}")
+# Public app (OAuth install flow) credentials; the secret also verifies webhooks of stores connected
+# through it. A custom app's secret is kept on its connection instead.
+SHOPIFY_API_KEY = env_str("SHOPIFY_API_KEY", default="")
+SHOPIFY_API_SECRET = env_secret("SHOPIFY_API_SECRET", default="")
+SHOPIFY_SCOPES = env_str("SHOPIFY_SCOPES", default="read_customers,write_customers,read_orders,read_all_orders,read_products")
+# Seconds to connect / to read one response.
+SHOPIFY_TIMEOUT = (env_float("SHOPIFY_CONNECT_TIMEOUT", 5.0), env_float("SHOPIFY_READ_TIMEOUT", 60.0))
+# Tag operations of one job above which the sync uses a bulk mutation instead of tagsAdd calls.
+TAG_SYNC_BULK_THRESHOLD = env_int("ECPOWER_TAG_SYNC_BULK_THRESHOLD", 1000)
+# Seconds between polls of a running bulk operation.
+SHOPIFY_BULK_POLL_SECONDS = env_float("SHOPIFY_BULK_POLL_SECONDS", 2.0)
+# This deployment's public address: OAuth redirects and the links in summary emails.
+PUBLIC_URL = env_str("ECPOWER_PUBLIC_URL", default="http://127.0.0.1:8000")
 
 # --- REST API (docs/api.md) -----------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,1 +1,230 @@
-"""Models arrive with this app's issue; see docs/architecture.md."""
+"""Connections to partner systems and the work done against them (docs/shopify.md).
+
+* ``ShopifyConnection``: how one store reaches its Shopify shop (token, API version, import mark).
+* ``SyncJob``: one import or tag sync, with the totals and done counts a progress bar reads.
+* ``TagOperation``: the ledger's pending and applied work, one (customer, tag, add/remove) each.
+* ``AppliedTag``: the tags this product wrote and Shopify holds; only these are ever removed.
+* ``WebhookDelivery``: every webhook received, de-duplicated by Shopify's event id.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from ecpower.commerce.models import Customer, Store
+from ecpower.crypto import EncryptedTextField
+
+
+class ConnectionMethod(models.TextChoices):
+    CUSTOM_APP = "custom_app", _("Custom app access token")
+    OAUTH = "oauth", _("Public app (OAuth)")
+
+
+class ShopifyConnection(models.Model):
+    store = models.OneToOneField(Store, on_delete=models.CASCADE, related_name="shopify", verbose_name=_("store"))
+    method = models.CharField(_("connected with"), max_length=12, choices=ConnectionMethod.choices,
+                              default=ConnectionMethod.CUSTOM_APP)
+    access_token = EncryptedTextField(_("Admin API access token"), blank=True, help_text=_("Stored encrypted."))
+    refresh_token = EncryptedTextField(_("refresh token"), blank=True, help_text=_("Stored encrypted."))
+    token_expires_at = models.DateTimeField(_("token expires at"), null=True, blank=True)
+    scopes = models.CharField(_("granted scopes"), max_length=500, blank=True)
+    api_secret = EncryptedTextField(
+        _("API secret key"), blank=True,
+        help_text=_("The custom app's API secret: signs its webhooks. Empty: SHOPIFY_API_SECRET is used."),
+    )
+    api_version = models.CharField(_("API version"), max_length=10, blank=True,
+                                   help_text=_("Empty: the SHOPIFY_API_VERSION setting."))
+    answered_version = models.CharField(
+        _("version that answered"), max_length=10, blank=True,
+        help_text=_("X-Shopify-API-Version of the last response; differs from the requested one when "
+                    "Shopify has retired it."),
+    )
+    connected_at = models.DateTimeField(_("connected at"), null=True, blank=True)
+    disconnected_at = models.DateTimeField(_("disconnected at"), null=True, blank=True)
+    # Incremental imports ask for what changed after this instant (Shopify's updated_at).
+    imported_until = models.DateTimeField(_("imported until"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("Shopify connection")
+        verbose_name_plural = _("Shopify connections")
+
+    def __str__(self) -> str:
+        return f"{self.store.shopify_domain}"
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self.access_token) and self.disconnected_at is None
+
+
+class SyncJobKind(models.TextChoices):
+    IMPORT_FULL = "import_full", _("Initial import")
+    IMPORT_CHANGES = "import_changes", _("Import of changes")
+    TAG_SYNC = "tag_sync", _("Tag sync")
+    TAG_REMOVE = "tag_remove", _("Tag removal")
+
+
+class SyncJobStatus(models.TextChoices):
+    PENDING = "pending", _("Waiting")
+    RUNNING = "running", _("Running")
+    SUCCEEDED = "succeeded", _("Succeeded")
+    PARTIAL = "partial", _("Finished with failures")
+    FAILED = "failed", _("Failed")
+
+
+class SyncJob(models.Model):
+    """One import or tag sync of one store. Tasks take its id; running it twice does nothing new."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="sync_jobs", verbose_name=_("store"))
+    kind = models.CharField(_("kind"), max_length=20, choices=SyncJobKind.choices)
+    segment = models.ForeignKey("segments.Segment", on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="sync_jobs", verbose_name=_("segment"))
+    status = models.CharField(_("status"), max_length=10, choices=SyncJobStatus.choices,
+                              default=SyncJobStatus.PENDING)
+    dry_run = models.BooleanField(_("dry run"), default=False)
+    stage = models.CharField(_("stage"), max_length=40, blank=True)
+    total = models.PositiveIntegerField(_("total"), default=0)
+    done = models.PositiveIntegerField(_("done"), default=0)
+    failed = models.PositiveIntegerField(_("failed"), default=0)
+    summary = models.JSONField(_("summary"), default=dict, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+", verbose_name=_("started by"))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    heartbeat_at = models.DateTimeField(_("last progress"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    notified_at = models.DateTimeField(_("summary emailed at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("sync job")
+        verbose_name_plural = _("sync jobs")
+        ordering = ["-created_at"]
+        indexes = [
+            # The admin and API list a store's jobs, newest first.
+            models.Index(fields=["store", "-created_at"], name="sync_job_store_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk}"
+
+    @property
+    def percent(self) -> int:
+        if not self.total:
+            return 100 if self.status in (SyncJobStatus.SUCCEEDED, SyncJobStatus.PARTIAL) else 0
+        return min(100, round(100 * (self.done + self.failed) / self.total))
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (SyncJobStatus.SUCCEEDED, SyncJobStatus.PARTIAL, SyncJobStatus.FAILED)
+
+
+class TagAction(models.TextChoices):
+    ADD = "add", _("Add")
+    REMOVE = "remove", _("Remove")
+
+
+class TagOperationStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    DONE = "done", _("Done")
+    FAILED = "failed", _("Failed")
+    SKIPPED = "skipped", _("Skipped")
+
+
+class TagOperation(models.Model):
+    """One tag to add to or remove from one customer in Shopify, under a tag-sync job."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    job = models.ForeignKey(SyncJob, on_delete=models.CASCADE, related_name="tag_operations", verbose_name=_("job"))
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", verbose_name=_("customer"))
+    shopify_customer_id = models.BigIntegerField(_("Shopify customer ID"))
+    tag = models.CharField(_("tag"), max_length=255)
+    action = models.CharField(_("action"), max_length=6, choices=TagAction.choices)
+    status = models.CharField(_("status"), max_length=8, choices=TagOperationStatus.choices,
+                              default=TagOperationStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    # Set before a bulk mutation is started, so a restarted drain reads that operation's results.
+    bulk_operation = models.CharField(_("bulk operation"), max_length=100, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("tag operation")
+        verbose_name_plural = _("tag operations")
+        constraints = [
+            # One operation per customer and tag in a job: a rerun of the planner adds nothing.
+            models.UniqueConstraint(fields=["job", "customer", "tag"], name="tag_operation_unique_per_job"),
+        ]
+        indexes = [
+            # The drain reads a job's pending operations in id order.
+            models.Index(fields=["job", "status", "id"], name="tag_operation_job_status"),
+            # The planner skips (customer, tag) pairs another unfinished job is still applying.
+            models.Index(fields=["store", "tag", "status"], name="tag_operation_store_tag"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.tag} → {self.shopify_customer_id}"
+
+
+class AppliedTag(models.Model):
+    """The ledger: a tag this product added to a customer in Shopify and has not removed since."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", verbose_name=_("customer"))
+    tag = models.CharField(_("tag"), max_length=255)
+    applied_at = models.DateTimeField(_("applied at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("applied tag")
+        verbose_name_plural = _("applied tags")
+        constraints = [models.UniqueConstraint(fields=["customer", "tag"], name="applied_tag_unique")]
+        indexes = [
+            # The planner diffs one tag's wanted customers against this.
+            models.Index(fields=["store", "tag"], name="applied_tag_store_tag"),
+        ]
+
+    def __str__(self) -> str:
+        return self.tag
+
+
+class WebhookStatus(models.TextChoices):
+    RECEIVED = "received", _("Received")
+    PROCESSED = "processed", _("Processed")
+    IGNORED = "ignored", _("Ignored (stale or unknown)")
+    FAILED = "failed", _("Failed")
+
+
+class WebhookDelivery(models.Model):
+    """A verified webhook. The event id makes Shopify's retries and duplicates land once."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, null=True, blank=True, related_name="+",
+                              verbose_name=_("store"))
+    shop_domain = models.CharField(_("shop"), max_length=255)
+    topic = models.CharField(_("topic"), max_length=100)
+    event_id = models.CharField(_("event id"), max_length=100)
+    webhook_id = models.CharField(_("webhook id"), max_length=100, blank=True)
+    api_version = models.CharField(_("API version"), max_length=10, blank=True)
+    triggered_at = models.DateTimeField(_("triggered at"), null=True, blank=True)
+    payload = models.JSONField(_("payload"))
+    status = models.CharField(_("status"), max_length=10, choices=WebhookStatus.choices,
+                              default=WebhookStatus.RECEIVED)
+    result = models.TextField(_("result"), blank=True)
+    received_at = models.DateTimeField(_("received at"), auto_now_add=True)
+    processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("webhook delivery")
+        verbose_name_plural = _("webhook deliveries")
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["shop_domain", "event_id"], name="webhook_unique_event"),
+        ]
+        indexes = [
+            # The reaper finds deliveries whose processing never finished.
+            models.Index(fields=["status"], condition=Q(status="received"), name="webhook_unprocessed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.topic} {self.event_id}"

@@ -1,13 +1,14 @@
 from django.db import connection
 
+from integrations.models import ShopifyConnection
 from tests.factories import StoreFactory
 
 
 def test_access_token_is_stored_encrypted_and_read_back_in_clear(db):
-    store = StoreFactory(shopify_access_token="shpat_secret_value")
+    link = ShopifyConnection.objects.create(store=StoreFactory(), access_token="shpat_secret_value")
     with connection.cursor() as cursor:
-        cursor.execute("SELECT shopify_access_token FROM commerce_store WHERE id = %s", [store.pk])
+        cursor.execute("SELECT access_token FROM integrations_shopifyconnection WHERE id = %s", [link.pk])
         raw = cursor.fetchone()[0]
     assert "shpat_secret_value" not in raw
-    store.refresh_from_db()
-    assert store.shopify_access_token == "shpat_secret_value"
+    link.refresh_from_db()
+    assert link.access_token == "shpat_secret_value"

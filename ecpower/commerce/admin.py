@@ -33,7 +33,6 @@ class StoreAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "shopify_domain", "time_zone", "currency")}),
         (_("Segments and tags"), {"fields": ("tag_prefix", "notification_email")}),
-        (_("Shopify connection"), {"fields": ("shopify_access_token",)}),
     )
 
 

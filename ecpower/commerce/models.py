@@ -16,7 +16,6 @@ from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils.translation import gettext_lazy as _
 
-from ecpower.crypto import EncryptedTextField
 
 MONEY = {"max_digits": 14, "decimal_places": 2}
 
@@ -45,9 +44,8 @@ class Store(models.Model):
         default="ecp-",
         help_text=_("Prefix of the Shopify customer tags this product writes."),
     )
-    notification_email = models.EmailField(_("notification email"), blank=True)
-    shopify_access_token = EncryptedTextField(
-        _("Shopify Admin API access token"), blank=True, help_text=_("Stored encrypted.")
+    notification_email = models.EmailField(
+        _("notification email"), blank=True, help_text=_("Receives a summary when an import or sync finishes.")
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
@@ -174,6 +172,38 @@ class CustomerTag(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class TagEventAction(models.TextChoices):
+    ADDED = "added", _("Added")
+    REMOVED = "removed", _("Removed")
+
+
+class CustomerTagEvent(models.Model):
+    """Tag history: a tag seen added to or removed from a customer (by an import, a webhook or our sync).
+
+    Partner tiers (AiTrillion) and as-of evaluation of tag rules read it; it starts on the day the
+    store is first imported, so earlier tag changes are unknown.
+    """
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="tag_events",
+                                 verbose_name=_("customer"))
+    name = models.CharField(_("tag"), max_length=255)
+    action = models.CharField(_("action"), max_length=8, choices=TagEventAction.choices)
+    occurred_at = models.DateTimeField(_("occurred at"))
+    source = models.CharField(_("source"), max_length=20, help_text=_("import, webhook or sync"))
+
+    class Meta:
+        verbose_name = _("customer tag event")
+        verbose_name_plural = _("customer tag events")
+        indexes = [
+            # Tag movement over a window: events of one store's tags by time.
+            models.Index(fields=["store", "name", "occurred_at"], name="tag_event_store_name_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.name}"
 
 
 class Product(models.Model):
