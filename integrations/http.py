@@ -31,7 +31,7 @@ def shared_session() -> requests.Session:
 
 def backoff_seconds(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential back-off with full jitter: 0..base*2^attempt seconds, at most ``cap``."""
-    return random.uniform(0, min(cap, base * (2**attempt)))  # noqa: S311 - jitter, not security
+    return random.uniform(0, min(cap, base * (2**attempt)))
 
 
 class PartnerError(Exception):

@@ -15,16 +15,19 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.db.models.functions import Lower
+from django.utils import timezone
 
 from ecpower.commerce.models import (
     Customer,
     CustomerTag,
+    CustomerTagEvent,
     LineItem,
     Order,
     Product,
     ProductTag,
     ProductVariant,
     Store,
+    TagEventAction,
 )
 from ecpower.commerce.services import customer_facts_refresh, line_items_link_products
 from ecpower.commerce.shopify_csv import (
@@ -56,6 +59,7 @@ class ImportSummary:
     products: EntityCounts = field(default_factory=EntityCounts)
     orders: EntityCounts = field(default_factory=EntityCounts)
     line_items_linked: int = 0
+    customer_ids: set[int] = field(default_factory=set, repr=False)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -104,19 +108,41 @@ def shopify_csv_import(
     product_records = parse_products(products.data, file_name=products.name) if products else []
     order_records = parse_orders(orders.data, file_name=orders.name, zone=zone) if orders else []
 
+    return records_import(
+        store=store, customers=customer_records, products=product_records, orders=order_records,
+        progress=progress, source="csv",
+    )
+
+
+def records_import(
+    *,
+    store: Store,
+    customers: Sequence[CustomerRecord] = (),
+    products: Sequence[ProductRecord] = (),
+    orders: Sequence[OrderRecord] = (),
+    progress: Progress | None = None,
+    source: str = "import",
+) -> ImportSummary:
+    """Upsert parsed records (from CSV files or the Shopify API) in one transaction, then refresh facts.
+
+    Tag changes are written to the tag history with ``source``. Returns the counts; the ids of the
+    customers touched are in ``summary.customer_ids``.
+    """
+    progress = progress or _noop_progress
     summary = ImportSummary()
     with transaction.atomic():
         touched_customers: set[int] = set()
-        if customer_records:
-            touched_customers |= _write_customers(store, customer_records, summary.customers, progress)
-        if product_records:
-            _write_products(store, product_records, summary.products, progress)
-        if order_records:
-            touched_customers |= _write_orders(store, order_records, summary.orders, progress)
+        if customers:
+            touched_customers |= _write_customers(store, list(customers), summary.customers, progress, source)
+        if products:
+            _write_products(store, list(products), summary.products, progress)
+        if orders:
+            touched_customers |= _write_orders(store, list(orders), summary.orders, progress)
         summary.line_items_linked = line_items_link_products(store=store)
         progress("facts", 0, len(touched_customers))
         customer_facts_refresh(store=store, customer_ids=touched_customers)
         progress("facts", len(touched_customers), len(touched_customers))
+    summary.customer_ids = touched_customers
     return summary
 
 
@@ -147,7 +173,7 @@ def _apply(instance, values: dict[str, object]) -> list[str]:
 
 
 def _write_customers(
-    store: Store, records: list[CustomerRecord], counts: EntityCounts, progress: Progress
+    store: Store, records: list[CustomerRecord], counts: EntityCounts, progress: Progress, source: str
 ) -> set[int]:
     by_id, by_email = _existing_customers(
         store,
@@ -180,7 +206,7 @@ def _write_customers(
         Customer.objects.bulk_update(list(changed.values()), sorted(changed_fields), batch_size=BATCH)
     progress("customers", len(records), len(records))
 
-    tag_changed = _write_customer_tags(store, [*new, *matched])
+    tag_changed = _write_customer_tags(store, [*new, *matched], source)
     counts.created += len(new)
     updated = set(changed) | (tag_changed - {c.pk for _r, c in new})
     counts.updated += len(updated)
@@ -188,8 +214,11 @@ def _write_customers(
     return {c.pk for _r, c in new} | {c.pk for _r, c in matched}
 
 
-def _write_customer_tags(store: Store, pairs: list[tuple[CustomerRecord, Customer]]) -> set[int]:
-    """Make each customer's tags equal to the file's Tags cell. Returns customers whose tags changed."""
+def _write_customer_tags(store: Store, pairs: list[tuple[CustomerRecord, Customer]], source: str) -> set[int]:
+    """Make each customer's tags equal to the record's; log the changes to the tag history.
+
+    Returns the customers whose tags changed.
+    """
     wanted = {c.pk: r.tags for r, c in pairs if r.tags is not None}
     existing: dict[int, dict[str, CustomerTag]] = defaultdict(dict)
     for chunk in _chunks(list(wanted)):
@@ -197,20 +226,27 @@ def _write_customer_tags(store: Store, pairs: list[tuple[CustomerRecord, Custome
             existing[tag.customer_id][tag.name] = tag
     to_create: list[CustomerTag] = []
     to_delete: list[int] = []
+    events: list[CustomerTagEvent] = []
     changed: set[int] = set()
+    at = timezone.now()
     for customer_id, tags in wanted.items():
         have = existing.get(customer_id, {})
         for name in tags:
             if name not in have:
                 to_create.append(CustomerTag(store=store, customer_id=customer_id, name=name))
+                events.append(CustomerTagEvent(store=store, customer_id=customer_id, name=name,
+                                               action=TagEventAction.ADDED, occurred_at=at, source=source))
                 changed.add(customer_id)
         for name, tag in have.items():
             if name not in tags:
                 to_delete.append(tag.pk)
+                events.append(CustomerTagEvent(store=store, customer_id=customer_id, name=name,
+                                               action=TagEventAction.REMOVED, occurred_at=at, source=source))
                 changed.add(customer_id)
     for chunk in _chunks(to_delete):
         CustomerTag.objects.filter(pk__in=chunk).delete()
     CustomerTag.objects.bulk_create(to_create, batch_size=BATCH)
+    CustomerTagEvent.objects.bulk_create(events, batch_size=BATCH)
     return changed
 
 
@@ -284,18 +320,43 @@ def _write_products(store: Store, records: list[ProductRecord], counts: EntityCo
 
 
 def _customers_for_orders(store: Store, records: list[OrderRecord]) -> dict[str, int]:
-    """Customer id per lower-cased order email; customers missing from the store are created."""
+    """Customer id per order name: by the customer's Shopify id when the record has one, else by
+    email (case-insensitive). Customers missing from the store are created."""
     emails = sorted({r.email.lower() for r in records if r.email})
-    _by_id, by_email = _existing_customers(store, [], emails)
+    shopify_ids = sorted({r.customer_shopify_id for r in records if r.customer_shopify_id})
+    by_shopify_id, by_email = _existing_customers(store, shopify_ids, emails)
     ids = {email: customer.pk for email, customer in by_email.items()}
     first_record = {}
     for record in records:
-        if record.email and record.email.lower() not in ids:
-            first_record.setdefault(record.email.lower(), record)
-    new = [Customer(store=store, email=r.email, **r.customer_fields) for r in first_record.values()]
+        if record.customer_shopify_id:
+            if record.customer_shopify_id not in by_shopify_id:
+                same_email = by_email.get(record.email.lower()) if record.email else None
+                if same_email is not None:
+                    by_shopify_id[record.customer_shopify_id] = same_email
+                else:
+                    first_record.setdefault(("id", record.customer_shopify_id), record)
+        elif record.email and record.email.lower() not in ids:
+            first_record.setdefault(("email", record.email.lower()), record)
+    new = []
+    new_emails: set[str] = set()
+    for (kind, _key), r in first_record.items():
+        extra = {"shopify_id": r.customer_shopify_id} if kind == "id" else {}
+        email = r.email if r.email and r.email.lower() not in new_emails else ""
+        new_emails.add(email.lower())
+        new.append(Customer(store=store, email=email, **extra, **r.customer_fields))
     Customer.objects.bulk_create(new, batch_size=BATCH)
-    ids.update({c.email.lower(): c.pk for c in new})
-    return ids
+    for customer in new:
+        if customer.shopify_id:
+            by_shopify_id[customer.shopify_id] = customer
+        elif customer.email:
+            ids[customer.email.lower()] = customer.pk
+    by_name = {}
+    for record in records:
+        if record.customer_shopify_id:
+            by_name[record.name] = by_shopify_id[record.customer_shopify_id].pk
+        elif record.email:
+            by_name[record.name] = ids.get(record.email.lower())
+    return by_name
 
 
 def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts, progress: Progress) -> set[int]:
@@ -310,7 +371,7 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
     matched: list[tuple[OrderRecord, Order]] = []
     for done, record in enumerate(records, 1):
         values = dict(record.fields)
-        values["customer_id"] = customer_ids.get(record.email.lower()) if record.email else None
+        values["customer_id"] = customer_ids.get(record.name)
         if record.shopify_id is not None:
             values["shopify_id"] = record.shopify_id
         order = existing.get(record.name)

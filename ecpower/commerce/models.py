@@ -16,7 +16,6 @@ from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils.translation import gettext_lazy as _
 
-
 MONEY = {"max_digits": 14, "decimal_places": 2}
 
 

@@ -417,6 +417,8 @@ class OrderRecord:
     fields: dict[str, object]
     customer_fields: dict[str, str]
     line_items: list[LineItemRecord] = field(default_factory=list)
+    # Set by the Shopify API import, which knows the customer; CSV orders link by email only.
+    customer_shopify_id: int | None = None
 
 
 def parse_orders(data: bytes, *, file_name: str, zone: zoneinfo.ZoneInfo) -> list[OrderRecord]:

@@ -234,7 +234,7 @@ def search_filter(query: str | None):
         if isinstance(have, dt.datetime):
             want_dt = dt.datetime.fromisoformat(want.replace("Z", "+00:00"))
             if want_dt.tzinfo is None:
-                want_dt = want_dt.replace(tzinfo=dt.timezone.utc)
+                want_dt = want_dt.replace(tzinfo=dt.UTC)
             have, want = have, want_dt
         elif isinstance(have, int):
             want = int(want)
@@ -458,7 +458,7 @@ class QueryRoot:
         self.shop = {"id": gid("Shop", 1), "name": shop.name, "myshopifyDomain": shop.domain,
                      "ianaTimezone": "Asia/Tokyo", "currencyCode": "JPY", "typename": "Shop"}
 
-    def node(self, info, id):  # noqa: A002 - GraphQL argument name
+    def node(self, info, id):
         shop = self._c.shop
         match = re.fullmatch(r"gid://shopify/(\w+)/(\d+)", id or "")
         if not match:
@@ -476,25 +476,25 @@ class QueryRoot:
             return SegmentNode(shop.segments[number])
         return None
 
-    def customer(self, info, id):  # noqa: A002
+    def customer(self, info, id):
         node = self.node(info, id)
         return node if isinstance(node, CustomerNode) else None
 
-    def order(self, info, id):  # noqa: A002
+    def order(self, info, id):
         node = self.node(info, id)
         return node if isinstance(node, OrderNode) else None
 
-    def customers(self, info, first=None, after=None, query=None, sortKey=None, reverse=None):  # noqa: N803
+    def customers(self, info, first=None, after=None, query=None, sortKey=None, reverse=None):
         shop = self._c.shop
         records = sorted_records(filter(search_filter(query), shop.customers.values()), sortKey, reverse)
         return connection(info, [CustomerNode(shop, r) for r in records], first, after, lambda n: n.id)
 
-    def orders(self, info, first=None, after=None, query=None, sortKey=None, reverse=None):  # noqa: N803
+    def orders(self, info, first=None, after=None, query=None, sortKey=None, reverse=None):
         shop = self._c.shop
         records = sorted_records(filter(search_filter(query), _visible_orders(shop)), sortKey, reverse)
         return connection(info, [OrderNode(shop, r) for r in records], first, after, lambda n: n.id)
 
-    def products(self, info, first=None, after=None, query=None, sortKey=None, reverse=None):  # noqa: N803
+    def products(self, info, first=None, after=None, query=None, sortKey=None, reverse=None):
         shop = self._c.shop
         records = sorted_records(filter(search_filter(query), shop.products.values()), sortKey, reverse)
         return connection(info, [ProductNode(shop, r) for r in records], first, after, lambda n: n.id)
@@ -503,7 +503,7 @@ class QueryRoot:
         items = [SegmentNode(r) for r in sorted(self._c.shop.segments.values(), key=lambda r: r["id"])]
         return connection(info, items, first, after, lambda n: n.id)
 
-    def currentBulkOperation(self, info, type="QUERY"):  # noqa: A002,N802
+    def currentBulkOperation(self, info, type="QUERY"):
         ops = [op for op in self._c.shop.bulk_operations.values() if op.type == type]
         return BulkOperationNode(self._c, max(ops, key=lambda op: op.id)) if ops else None
 
@@ -512,7 +512,7 @@ class MutationRoot:
     def __init__(self, context: Context):
         self._c = context
 
-    def _tags(self, id, tags, *, add: bool):  # noqa: A002
+    def _tags(self, id, tags, *, add: bool):
         shop = self._c.shop
         number = parse_gid(id, "Customer")
         if number is None or number not in shop.customers:
@@ -521,10 +521,10 @@ class MutationRoot:
         shop.tag_calls += 1
         return {"node": None if errors else CustomerNode(shop, shop.customers[number]), "userErrors": errors}
 
-    def tagsAdd(self, info, id, tags):  # noqa: A002,N802
+    def tagsAdd(self, info, id, tags):
         return self._tags(id, tags, add=True)
 
-    def tagsRemove(self, info, id, tags):  # noqa: A002,N802
+    def tagsRemove(self, info, id, tags):
         return self._tags(id, tags, add=False)
 
     def _running(self, type_: str) -> BulkOperation | None:
@@ -534,7 +534,7 @@ class MutationRoot:
                    if op.current_status() == "RUNNING" and (limit == 5 or op.type == type_)]
         return running[0] if len(running) >= limit else None
 
-    def bulkOperationRunQuery(self, info, query, groupObjects=None):  # noqa: N802,N803
+    def bulkOperationRunQuery(self, info, query, groupObjects=None):
         busy = self._running("QUERY")
         if busy:
             return {"bulkOperation": None, "userErrors": [{"field": None, "message": (
@@ -546,7 +546,7 @@ class MutationRoot:
         op = self._new_op("QUERY", query, lines, roots)
         return {"bulkOperation": BulkOperationNode(self._c, op), "userErrors": []}
 
-    def bulkOperationRunMutation(self, info, mutation, stagedUploadPath, clientIdentifier=None):  # noqa: N802,N803
+    def bulkOperationRunMutation(self, info, mutation, stagedUploadPath, clientIdentifier=None):
         busy = self._running("MUTATION")
         if busy:
             return {"bulkOperation": None, "userErrors": [{"field": None, "message": (
@@ -569,7 +569,7 @@ class MutationRoot:
         shop.bulk_operations[op.id] = op
         return op
 
-    def stagedUploadsCreate(self, info, input):  # noqa: A002,N802
+    def stagedUploadsCreate(self, info, input):
         targets = []
         for item in input:
             key = f"tmp/{self._c.shop.domain}/bulk/{len(self._c.world.uploads)}-{time.time_ns()}/{item['filename']}"
@@ -582,7 +582,7 @@ class MutationRoot:
             })
         return {"stagedTargets": targets, "userErrors": []}
 
-    def segmentCreate(self, info, name, query):  # noqa: N802
+    def segmentCreate(self, info, name, query):
         shop = self._c.shop
         if any(s["name"] == name for s in shop.segments.values()):
             return {"segment": None, "userErrors": [{"field": ["name"], "message": "Name has already been taken"}]}

@@ -81,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
     base_url: str
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format, *args):  # noqa: A002 - quiet by default
+    def log_message(self, format, *args):
         logger.debug("emulator: " + format, *args)
 
     # --- plumbing --------------------------------------------------------------------------
@@ -100,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         path = urlparse(self.path)
         match = re.fullmatch(r"/_files/bulk/(\d+)\.jsonl", path.path)
         if match:
@@ -110,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._authorize(match.group(1), parse_qs(path.query))
         self._send(404, {"errors": "Not Found"})
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         path = urlparse(self.path).path
         match = re.fullmatch(r"/([^/]+)/admin/api/([^/]+)/graphql\.json", path)
         if match:

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 MAX_TAGS = 250
 MAX_TAG_LENGTH = 255
 
