@@ -1,0 +1,172 @@
+"""Admin for Shopify connections, sync jobs (with a live progress bar), the tag ledger and webhooks."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from integrations.http import PartnerError
+from integrations.jobs import import_start
+from integrations.models import AppliedTag, ShopifyConnection, SyncJob, SyncJobStatus, TagOperation, WebhookDelivery
+
+
+class ShopifyConnectionForm(forms.ModelForm):
+    access_token = forms.CharField(
+        label=_("Admin API access token"), required=False, widget=forms.PasswordInput(render_value=False),
+        help_text=_("From the custom app's API credentials (shpat_…). Stored encrypted; leave empty to keep."),
+    )
+    api_secret = forms.CharField(
+        label=_("API secret key"), required=False, widget=forms.PasswordInput(render_value=False),
+        help_text=_("Signs the custom app's webhooks. Stored encrypted; leave empty to keep."),
+    )
+
+    class Meta:
+        model = ShopifyConnection
+        fields = ("store", "access_token", "api_secret", "api_version")
+
+    def clean(self):
+        cleaned = super().clean()
+        token = cleaned.get("access_token")
+        store = cleaned.get("store") or getattr(self.instance, "store", None)
+        if not token and not (self.instance.pk and self.instance.access_token):
+            self.add_error("access_token", _("An access token is needed to connect."))
+        if token and store:
+            from integrations.shopify.client import ShopifyClient
+
+            try:
+                ShopifyClient(store.shopify_domain, token, api_version=cleaned.get("api_version") or None,
+                              max_retries=1).shop_info()
+            except PartnerError as exc:
+                self.add_error("access_token", _("Shopify refused this token: %(error)s") % {"error": exc})
+        return cleaned
+
+
+@admin.register(ShopifyConnection)
+class ShopifyConnectionAdmin(admin.ModelAdmin):
+    form = ShopifyConnectionForm
+    list_display = ("store", "method", "connected", "api_version", "answered_version", "imported_until")
+    list_select_related = ("store",)
+    readonly_fields = ("method", "scopes", "answered_version", "connected_at", "disconnected_at", "imported_until")
+    actions = ("import_changes", "import_everything")
+
+    def get_fields(self, request, obj=None):
+        return (*self.form.Meta.fields, *self.readonly_fields)
+
+    @admin.display(description=_("connected"), boolean=True)
+    def connected(self, obj: ShopifyConnection) -> bool:
+        return obj.is_connected
+
+    def save_model(self, request, obj, form, change):
+        from django.utils import timezone
+
+        token = form.cleaned_data.get("access_token")
+        secret = form.cleaned_data.get("api_secret")
+        if token:
+            obj.access_token = token
+            obj.connected_at = timezone.now()
+            obj.disconnected_at = None
+        elif change:
+            obj.access_token = ShopifyConnection.objects.get(pk=obj.pk).access_token
+        if secret:
+            obj.api_secret = secret
+        elif change:
+            obj.api_secret = ShopifyConnection.objects.get(pk=obj.pk).api_secret
+        super().save_model(request, obj, form, change)
+
+    def _start(self, request, queryset, full: bool):
+        for link in queryset.select_related("store"):
+            try:
+                job = import_start(store=link.store, full=full, user=request.user)
+            except PartnerError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                continue
+            url = reverse("admin:integrations_syncjob_change", args=[job.pk])
+            self.message_user(request, format_html(_('Import queued: <a href="{}">follow its progress</a>.'), url))
+
+    @admin.action(description=_("Import changes from Shopify"))
+    def import_changes(self, request, queryset):
+        self._start(request, queryset, full=False)
+
+    @admin.action(description=_("Import everything from Shopify (bulk)"))
+    def import_everything(self, request, queryset):
+        self._start(request, queryset, full=True)
+
+
+@admin.register(SyncJob)
+class SyncJobAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "store", "kind", "segment", "dry_run", "status", "progress_bar", "created_by")
+    list_filter = ("store", "kind", "status", "dry_run")
+    list_select_related = ("store", "segment", "created_by")
+    change_form_template = "admin/sync_job_change.html"
+    readonly_fields = ("store", "kind", "segment", "dry_run", "status", "progress_bar", "stage", "total", "done",
+                       "failed", "summary", "error", "created_by", "created_at", "started_at", "heartbeat_at",
+                       "finished_at", "notified_at")
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        return [path("<int:pk>/progress/", self.admin_site.admin_view(self.progress_view),
+                     name="integrations_syncjob_progress"), *super().get_urls()]
+
+    def progress_view(self, request, pk: int):
+        job = get_object_or_404(self.get_queryset(request), pk=pk)
+        return JsonResponse({"status": job.status, "status_label": str(job.get_status_display()), "stage": job.stage,
+                             "done": job.done, "failed": job.failed, "total": job.total, "percent": job.percent,
+                             "finished": job.is_finished})
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        job = self.get_object(request, object_id)
+        extra = {"progress_url": reverse("admin:integrations_syncjob_progress", args=[object_id])}
+        if job is not None:
+            extra["failures"] = job.tag_operations.filter(status="failed").select_related("customer")[:50]
+            extra["plan"] = (job.summary or {}).get("plan")
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+    @admin.display(description=_("progress"))
+    def progress_bar(self, obj: SyncJob) -> str:
+        label = (f"{obj.stage} {obj.done + obj.failed}/{obj.total}" if obj.status == SyncJobStatus.RUNNING
+                 else obj.get_status_display())
+        return format_html('<progress max="100" value="{}"></progress> {}', obj.percent, label)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(TagOperation)
+class TagOperationAdmin(ReadOnlyAdmin):
+    list_display = ("job", "customer", "tag", "action", "status", "attempts", "error", "updated_at")
+    list_filter = ("status", "action", "tag")
+    search_fields = ("=shopify_customer_id", "customer__email")
+    raw_id_fields = ("customer", "job")
+    list_select_related = ("customer", "job")
+
+
+@admin.register(AppliedTag)
+class AppliedTagAdmin(ReadOnlyAdmin):
+    list_display = ("customer", "tag", "store", "applied_at")
+    list_filter = ("store", "tag")
+    search_fields = ("customer__email",)
+    list_select_related = ("customer", "store")
+    raw_id_fields = ("customer",)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ("received_at", "shop_domain", "topic", "status", "result")
+    list_filter = ("topic", "status")
+    search_fields = ("event_id", "shop_domain")
