@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from ecpower.api import schema  # noqa: F401  (registers the API-key scheme)
 from ecpower.commerce.api import CustomerViewSet, OrderViewSet, StoreViewSet
+from integrations.webhooks import shopify_webhook
 from segments.api import SegmentViewSet
 
 router = DefaultRouter()
@@ -16,6 +17,7 @@ router.register("segments", SegmentViewSet, basename="segment")
 
 urlpatterns = [
     path("", include(router.urls)),
+    path("webhooks/shopify/", shopify_webhook, name="shopify-webhook"),
     path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[]), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api-schema", permission_classes=[]), name="api-redoc"),

@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from ecpower.commerce.models import (
     Customer,
     CustomerTag,
+    CustomerTagEvent,
     LineItem,
     Order,
     Product,
@@ -173,9 +174,10 @@ def store_data_delete(*, store: Store) -> None:
     membership_event, membership, segment = (
         apps.get_model("segments", name) for name in ("MembershipEvent", "Membership", "Segment")
     )
+    tag_operation, applied_tag = (apps.get_model("integrations", name) for name in ("TagOperation", "AppliedTag"))
     with transaction.atomic():
-        for model in (membership_event, membership, LineItem, Order, CustomerTag, Customer, ProductTag,
-                      ProductVariant, Product):
+        for model in (membership_event, membership, tag_operation, applied_tag, CustomerTagEvent, LineItem, Order,
+                      CustomerTag, Customer, ProductTag, ProductVariant, Product):
             model.objects.filter(store=store)._raw_delete(connection.alias)
         segment.objects.filter(store=store).update(
             status="new", member_count=0, last_joined=0, last_left=0, holdout_count=0
