@@ -103,7 +103,7 @@ def shopify_webhook(request: HttpRequest) -> JsonResponse:
 def webhook_process(delivery_id: int) -> str:
     """Apply one delivery; a processed one is left alone (safe to run twice)."""
     with transaction.atomic():
-        delivery = (WebhookDelivery.objects.select_for_update().select_related("store")
+        delivery = (WebhookDelivery.objects.select_for_update(of=("self",)).select_related("store")
                     .filter(pk=delivery_id, status=WebhookStatus.RECEIVED).first())
         if delivery is None:
             return "already processed"
