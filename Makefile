@@ -8,6 +8,7 @@ DEMO_CUSTOMERS ?= 5000
 DEMO_SEED ?= 1
 ADMIN_USER ?= admin
 PORT ?= 8000
+EMULATOR_PORT ?= 8765
 PG_URL := postgres://postgres@127.0.0.1:5432/ecpower
 
 .PHONY: venv demo test test-sqlite test-postgres lint bench messages clean
@@ -21,7 +22,9 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # Embedded default: SQLite file db.sqlite3, database task broker, development settings.
+# "Shopify" is the local emulator (integrations/shopify/emulator), seeded with the demo store.
 demo: export DJANGO_DEBUG = 1
+demo: export SHOPIFY_ADMIN_URL = http://127.0.0.1:$(EMULATOR_PORT)/{shop}
 demo: venv
 	@test -f .env || { echo "DJANGO_DEBUG=1" > .env; echo "Wrote .env (DJANGO_DEBUG=1) so manage.py works in this checkout."; }
 	$(BIN)/python manage.py migrate --noinput
@@ -29,8 +32,10 @@ demo: venv
 	$(BIN)/python manage.py segments templates --store $(DEMO_STORE)
 	$(BIN)/python manage.py segments recompute --store $(DEMO_STORE)
 	$(BIN)/python manage.py ensure_admin --username $(ADMIN_USER)
-	@echo "Serving http://127.0.0.1:$(PORT)/admin/ (Ctrl-C stops the web server and the worker)"
+	$(BIN)/python manage.py shopify connect --store $(DEMO_STORE) --token shpat_demo --secret demo-webhook-secret --no-check
+	@echo "Serving http://127.0.0.1:$(PORT)/admin/ with the Shopify emulator on :$(EMULATOR_PORT) (Ctrl-C stops all)"
 	trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/python manage.py shopify emulator --port $(EMULATOR_PORT) --seed-store $(DEMO_STORE) --token shpat_demo --secret demo-webhook-secret & \
 	$(BIN)/python manage.py qcluster & \
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 

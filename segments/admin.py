@@ -115,7 +115,8 @@ class SegmentAdminBase(admin.ModelAdmin):
     search_fields = ("name", "slug", "description", "query")
     list_select_related = ("store",)
     kind = SegmentKind.CONDITION
-    actions = ("snapshot_selected", "combine_selected", "export_selected")
+    actions = ("snapshot_selected", "combine_selected", "export_selected", "tag_sync_selected", "tag_dry_run_selected",
+               "tag_remove_selected")
 
     def get_queryset(self, request):
         return super().get_queryset(request).filter(kind=self.kind)
@@ -243,6 +244,32 @@ class SegmentAdminBase(admin.ModelAdmin):
         query = urlencode({"store": chosen[0].store_id, "origin": ListOrigin.EXPRESSION,
                            "expression": " | ".join(s.slug for s in chosen)})
         return redirect(f"{reverse('admin:segments_listsegment_add')}?{query}")
+
+    def _tag_jobs(self, request, queryset, **kwargs):
+        from integrations.http import PartnerError
+        from integrations.jobs import tag_sync_start
+
+        for segment in queryset.select_related("store"):
+            try:
+                job = tag_sync_start(segment=segment, user=request.user, **kwargs)
+            except PartnerError as exc:
+                self.message_user(request, f"{segment.name}: {exc}", messages.ERROR)
+                continue
+            url = reverse("admin:integrations_syncjob_change", args=[job.pk])
+            self.message_user(request, format_html(gettext('{}: job queued, <a href="{}">follow its progress</a>.'),
+                                                   segment.name, url), messages.SUCCESS)
+
+    @admin.action(description=_("Push tag to Shopify"))
+    def tag_sync_selected(self, request, queryset):
+        self._tag_jobs(request, queryset)
+
+    @admin.action(description=_("Preview tag changes (dry run)"))
+    def tag_dry_run_selected(self, request, queryset):
+        self._tag_jobs(request, queryset, dry_run=True)
+
+    @admin.action(description=_("Remove tag from Shopify"))
+    def tag_remove_selected(self, request, queryset):
+        self._tag_jobs(request, queryset, remove=True)
 
     @admin.action(description=_("Export members of selected (CSV)"))
     def export_selected(self, request, queryset):
