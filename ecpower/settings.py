@@ -220,7 +220,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"MarketingStateEnum": "ecpower.commerce.models.MarketingState"},
+    "ENUM_NAME_OVERRIDES": {
+        "SyncJobKindEnum": "integrations.models.SyncJobKind.choices",
+        "SegmentKindEnum": "segments.models.SegmentKind.choices","MarketingStateEnum": "ecpower.commerce.models.MarketingState"},
 }
 
 LOGGING = {

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from ecpower.api.framework import StoreScopedMixin, request_can_write, request_stores
 from ecpower.commerce.api import CustomerSerializer
 from ecpower.commerce.models import Store
+from integrations.api import SyncJobSerializer, start_job
 from segments.models import Segment, SegmentKind
 from segments.selectors import segment_members, segment_preview, segments_referring_to
 from segments.services import rule_from_input, segment_create, segment_update
@@ -59,6 +60,12 @@ class PreviewSerializer(serializers.Serializer):
     query = serializers.CharField()
     rule = serializers.JSONField()
     sample = CustomerSerializer(many=True)
+
+
+class TagSyncRequestSerializer(serializers.Serializer):
+    dry_run = serializers.BooleanField(default=False, help_text="Count and sample the changes; write nothing.")
+    remove = serializers.BooleanField(default=False, help_text="Remove the tag from every customer we tagged.")
+    native_segment = serializers.BooleanField(default=False, help_text="Also create a Shopify segment for the tag.")
 
 
 class SegmentViewSet(StoreScopedMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin,
@@ -132,6 +139,19 @@ class SegmentViewSet(StoreScopedMixin, mixins.CreateModelMixin, mixins.UpdateMod
             raise serializers.ValidationError("Lists are not recomputed; their members change by explicit action.")
         segment_recompute_enqueue(segment)
         return Response(status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=TagSyncRequestSerializer, responses={202: SyncJobSerializer})
+    @action(detail=True, methods=["post"], url_path="tag-sync")
+    def tag_sync(self, request, pk=None):
+        """Push the segment's Shopify tag (or preview with dry_run, or remove it from everyone we tagged)."""
+        segment = self.get_object()
+        params = TagSyncRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        kind = "tag_remove" if params.validated_data["remove"] else "tag_sync"
+        job = start_job(request, {"store": segment.store, "segment": segment, "kind": kind,
+                                  "dry_run": params.validated_data["dry_run"],
+                                  "native_segment": params.validated_data["native_segment"]})
+        return Response(SyncJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses=CustomerSerializer(many=True))
     @action(detail=True, methods=["get"])

@@ -6,6 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from ecpower.api import schema  # noqa: F401  (registers the API-key scheme)
 from ecpower.commerce.api import CustomerViewSet, OrderViewSet, StoreViewSet
+from integrations.api import SyncJobViewSet
 from integrations.webhooks import shopify_webhook
 from segments.api import SegmentViewSet
 
@@ -14,6 +15,7 @@ router.register("stores", StoreViewSet, basename="store")
 router.register("customers", CustomerViewSet, basename="customer")
 router.register("orders", OrderViewSet, basename="order")
 router.register("segments", SegmentViewSet, basename="segment")
+router.register("sync-jobs", SyncJobViewSet, basename="sync-job")
 
 urlpatterns = [
     path("", include(router.urls)),

@@ -15,6 +15,7 @@ from ecpower.api.urls import router
 from ecpower.commerce.access import api_key_create, api_key_revoke
 from ecpower.commerce.models import ApiKeyScope, StoreMembership, StoreRole
 from ecpower.commerce.services import customer_facts_refresh
+from integrations.models import SyncJob, SyncJobKind, SyncJobStatus
 from segments.models import Segment
 from segments.services import segment_create, segment_recompute
 from tests.factories import CustomerFactory, OrderFactory, StoreFactory
@@ -33,6 +34,7 @@ def make_store(domain: str):
     customer_facts_refresh(store=store)
     segment = segment_create(store=store, name="VIP", slug="vip", query="customer_tags CONTAINS 'vip'")
     segment_recompute(segment=segment)
+    SyncJob.objects.create(store=store, kind=SyncJobKind.IMPORT_CHANGES, status=SyncJobStatus.SUCCEEDED)
     return store
 
 
@@ -65,7 +67,7 @@ def test_a_key_sees_only_its_store(stores):
     a, b = stores
     _key, raw = api_key_create(store=a, name="tool")
     client = client_with(raw)
-    for name in ("store", "customer", "order", "segment"):
+    for name in ("store", "customer", "order", "segment", "sync-job"):
         body = client.get(reverse(f"{name}-list")).json()
         stores_seen = {row.get("store", row["id"] if name == "store" else None) for row in body["results"]}
         assert stores_seen == {a.pk}, name
@@ -76,7 +78,8 @@ def _object_of(basename: str, store):
 
     return {"store": store, "customer": Customer.objects.filter(store=store).first(),
             "order": Order.objects.filter(store=store).first(),
-            "segment": Segment.objects.filter(store=store).first()}[basename]
+            "segment": Segment.objects.filter(store=store).first(),
+            "sync-job": SyncJob.objects.filter(store=store).first()}[basename]
 
 
 def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
@@ -88,7 +91,8 @@ def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
     for pattern in router.urls:
         if "pk" not in pattern.pattern.regex.groupindex or pattern.name.endswith("-format"):
             continue
-        basename = pattern.name.rsplit("-", 1)[0]
+        basename = next(b for b in ("sync-job", "store", "customer", "order", "segment")
+                        if pattern.name.startswith(b + "-"))
         url = reverse(pattern.name, kwargs={"pk": _object_of(basename, b).pk})
         for method in ("get", "post", "put", "patch", "delete"):
             response = getattr(client, method)(url, {}, format="json")
