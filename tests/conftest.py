@@ -33,3 +33,7 @@ def staff_client(client, django_user_model, django_capture_on_commit_callbacks):
             return call
 
     return Client()
+
+
+# The Shopify emulator on loopback and a store connected to it (tests/shopify_emulator.py).
+from tests.shopify_emulator import connected_store, emulator  # noqa: E402,F401

@@ -10,7 +10,7 @@ from integrations.models import SyncJob, SyncJobStatus
 from integrations.shopify.importer import import_full
 from segments.services import segment_create, segment_recompute
 from tests.factories import StoreFactory
-from tests.integrations.conftest import connected_store, emulator, populate  # noqa: F401 - fixtures
+from tests.shopify_emulator import populate
 
 
 def api(store, scope=ApiKeyScope.READ_WRITE) -> APIClient:

@@ -9,7 +9,7 @@ from django.utils import timezone
 from integrations.models import ConnectionMethod, ShopifyConnection
 from integrations.shopify.connection import client_for
 from integrations.shopify.oauth import query_hmac_valid
-from tests.integrations.conftest import SHOP
+from tests.shopify_emulator import SHOP
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 from integrations.http import PartnerAuthError, PartnerUnavailable
 from integrations.shopify.client import MaxCostExceeded, ShopifyClient, UserErrors, gid
 from integrations.shopify.emulator.state import Plan
-from tests.integrations.conftest import SHOP, TOKEN, populate
+from tests.shopify_emulator import SHOP, TOKEN, populate
 
 PAGE = "query C($first: Int!, $after: String) { customers(first: $first, after: $after) { " \
        "pageInfo { hasNextPage endCursor } nodes { id email numberOfOrders } } }"

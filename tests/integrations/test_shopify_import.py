@@ -6,7 +6,7 @@ from decimal import Decimal
 from ecpower.commerce.models import Customer, CustomerTag, CustomerTagEvent, LineItem, Order, Product
 from integrations.models import ShopifyConnection
 from integrations.shopify.importer import import_changes, import_full
-from tests.integrations.conftest import populate
+from tests.shopify_emulator import populate
 
 
 def test_initial_bulk_import_brings_customers_products_orders_and_facts(connected_store, emulator):

@@ -11,7 +11,7 @@ from integrations.shopify.importer import import_full
 from integrations.tag_sync import TagSyncRefused
 from segments.models import Membership
 from segments.services import segment_create, segment_recompute
-from tests.integrations.conftest import SHOP, TOKEN
+from tests.shopify_emulator import SHOP, TOKEN
 
 TAG = "ecp-line"
 

@@ -12,7 +12,7 @@ from integrations.shopify.emulator.server import WebhookSender, customer_payload
 from integrations.shopify.importer import import_full
 from segments.models import Membership
 from segments.services import segment_create, segment_recompute
-from tests.integrations.conftest import populate
+from tests.shopify_emulator import populate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
