@@ -103,9 +103,9 @@ class SyncJobAdmin(admin.ModelAdmin):
     list_filter = ("store", "kind", "status", "dry_run")
     list_select_related = ("store", "segment", "created_by")
     change_form_template = "admin/sync_job_change.html"
-    readonly_fields = ("store", "kind", "segment", "dry_run", "status", "progress_bar", "stage", "total", "done",
-                       "failed", "summary", "error", "created_by", "created_at", "started_at", "heartbeat_at",
-                       "finished_at", "notified_at")
+    # Status and counts are shown (and kept live) by the progress panel of the change page.
+    readonly_fields = ("store", "kind", "segment", "dry_run", "summary", "error", "created_by", "created_at",
+                       "started_at", "heartbeat_at", "finished_at", "notified_at")
     fields = readonly_fields
 
     def has_add_permission(self, request):

@@ -212,8 +212,9 @@ def _summary_mail(job: SyncJob) -> tuple[str, str]:
     lines = [subject, ""]
     if job.segment:
         lines.append(_("Segment: %(name)s (tag %(tag)s)") % {"name": job.segment.name, "tag": job.segment.shopify_tag})
-    lines.append(_("Done: %(done)s of %(total)s, failed: %(failed)s") % {
-        "done": job.done, "total": job.total, "failed": job.failed})
+    if job.kind in (SyncJobKind.TAG_SYNC, SyncJobKind.TAG_REMOVE):
+        lines.append(_("Done: %(done)s of %(total)s, failed: %(failed)s") % {
+            "done": job.done, "total": job.total, "failed": job.failed})
     plan = (job.summary or {}).get("plan") or {}
     if plan:
         lines.append(_("Tags added: %(adds)s, removed: %(removes)s") % plan)
