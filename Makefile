@@ -11,7 +11,7 @@ PORT ?= 8000
 EMULATOR_PORT ?= 8765
 PG_URL := postgres://postgres@127.0.0.1:5432/ecpower
 
-.PHONY: venv demo test test-sqlite test-postgres lint bench messages clean
+.PHONY: venv demo test test-sqlite test-postgres lint bench bench-tags messages clean
 
 venv: $(STAMP)
 
@@ -63,6 +63,13 @@ bench: venv
 	createdb -h 127.0.0.1 -U postgres ecpower_bench 2>/dev/null || true
 	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python manage.py migrate --noinput -v0
 	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python tests/bench/segments_recompute.py --customers $(BENCH_CUSTOMERS)
+	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python tests/bench/tag_sync_throughput.py
+
+# Only the tag-sync throughput benchmark (about 2 minutes: the per-call path waits for Shopify's bucket).
+bench-tags: venv
+	createdb -h 127.0.0.1 -U postgres ecpower_bench 2>/dev/null || true
+	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python manage.py migrate --noinput -v0
+	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python tests/bench/tag_sync_throughput.py
 
 # Refresh the Japanese catalogue after changing UI text (then translate the new entries in locale/ja).
 messages: venv
