@@ -104,7 +104,7 @@ class SyncJobAdmin(admin.ModelAdmin):
     list_select_related = ("store", "segment", "created_by")
     change_form_template = "admin/sync_job_change.html"
     # Status and counts are shown (and kept live) by the progress panel of the change page.
-    readonly_fields = ("store", "kind", "segment", "dry_run", "summary", "error", "created_by", "created_at",
+    readonly_fields = ("store", "kind", "segment", "dry_run", "summary_view", "error", "created_by", "created_at",
                        "started_at", "heartbeat_at", "finished_at", "notified_at")
     fields = readonly_fields
 
@@ -131,6 +131,16 @@ class SyncJobAdmin(admin.ModelAdmin):
             extra["failures"] = job.tag_operations.filter(status="failed").select_related("customer")[:50]
             extra["plan"] = (job.summary or {}).get("plan")
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+    @admin.display(description=_("summary"))
+    def summary_view(self, obj: SyncJob) -> str:
+        """The summary as readable JSON; the planned changes' samples are shown in their own table."""
+        import json
+
+        summary = dict(obj.summary or {})
+        if isinstance(summary.get("plan"), dict):
+            summary["plan"] = {k: v for k, v in summary["plan"].items() if k != "samples"}
+        return format_html('<pre style="margin:0">{}</pre>', json.dumps(summary, ensure_ascii=False, indent=2))
 
     @admin.display(description=_("progress"))
     def progress_bar(self, obj: SyncJob) -> str:
