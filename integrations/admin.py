@@ -66,16 +66,14 @@ class ShopifyConnectionAdmin(admin.ModelAdmin):
 
         token = form.cleaned_data.get("access_token")
         secret = form.cleaned_data.get("api_secret")
+        stored = ShopifyConnection.objects.get(pk=obj.pk) if change else None
         if token:
             obj.access_token = token
             obj.connected_at = timezone.now()
             obj.disconnected_at = None
-        elif change:
-            obj.access_token = ShopifyConnection.objects.get(pk=obj.pk).access_token
-        if secret:
-            obj.api_secret = secret
-        elif change:
-            obj.api_secret = ShopifyConnection.objects.get(pk=obj.pk).api_secret
+        elif stored:  # an empty password field keeps what is stored
+            obj.access_token = stored.access_token
+        obj.api_secret = secret or (stored.api_secret if stored else "")
         super().save_model(request, obj, form, change)
 
     def _start(self, request, queryset, full: bool):

@@ -30,7 +30,7 @@ from django.utils.translation import gettext as _
 from ecpower.commerce.models import Customer, CustomerTag, CustomerTagEvent, Store, TagEventAction
 from integrations.http import PartnerError
 from integrations.models import AppliedTag, SyncJob, SyncJobKind, TagAction, TagOperation, TagOperationStatus
-from integrations.shopify.client import ShopifyClient, gid
+from integrations.shopify.client import ShopifyClient, UserErrors, gid
 from segments.models import Segment
 from segments.selectors import segment_targets
 
@@ -267,6 +267,7 @@ def _record(job: SyncJob, ops: list[TagOperation], failures: dict[int, str], res
     """Mark a batch applied or failed; applied rows update the ledger, the tag mirror and the history."""
     now = timezone.now()
     done = [op for op in ops if op.pk not in failures]
+    failed_now = 0
     with transaction.atomic():
         for op in ops:
             if op.pk not in failures:
@@ -276,8 +277,7 @@ def _record(job: SyncJob, ops: list[TagOperation], failures: dict[int, str], res
             TagOperation.objects.filter(pk=op.pk).update(
                 attempts=op.attempts + 1, error=message.removeprefix("PERMANENT: ")[:1000], bulk_operation="",
                 status=TagOperationStatus.FAILED if final else TagOperationStatus.PENDING, updated_at=now)
-            if final:
-                result.failed += 1
+            failed_now += final
         for part in _chunks(done):
             TagOperation.objects.filter(pk__in=[op.pk for op in part]).update(
                 status=TagOperationStatus.DONE, attempts=models.F("attempts") + 1, error="", updated_at=now)
@@ -298,11 +298,10 @@ def _record(job: SyncJob, ops: list[TagOperation], failures: dict[int, str], res
                              source="sync",
                              action=TagEventAction.ADDED if op.action == TagAction.ADD else TagEventAction.REMOVED)
             for op in done])
-        failed_now = sum(1 for op in ops if op.pk in failures and (
-            permanent or failures[op.pk].startswith("PERMANENT: ") or op.attempts + 1 >= MAX_ATTEMPTS))
         SyncJob.objects.filter(pk=job.pk).update(
             done=models.F("done") + len(done), failed=models.F("failed") + failed_now, heartbeat_at=now)
     result.done += len(done)
+    result.failed += failed_now
 
 
 def _chunks(items: list, size: int = 1000):
@@ -313,8 +312,6 @@ def _chunks(items: list, size: int = 1000):
 def native_segment_create(*, segment: Segment, client: ShopifyClient) -> str:
     """A Shopify customer segment ``customer_tags CONTAINS '<tag>'`` named after the tag (kept if it exists)."""
     tag = segment_tag(segment)
-    from integrations.shopify.client import UserErrors
-
     try:
         return client.segment_create(tag, f"customer_tags CONTAINS '{tag}'")["id"]
     except UserErrors as exc:

@@ -231,19 +231,19 @@ def _recompute_memberships(store: Store, customer_ids) -> dict:
 
 def _order_event(store: Store, payload: dict) -> tuple[str, str]:
     record = order_record_from_rest(payload)
-    held = Order.objects.filter(store=store, shopify_id=record.shopify_id).values_list(
-        "shopify_updated_at", flat=True).first()
-    if _stale(held, record.fields["shopify_updated_at"]):
+    held_at, before = Order.objects.filter(store=store, shopify_id=record.shopify_id).values_list(
+        "shopify_updated_at", "customer_id").first() or (None, None)
+    if _stale(held_at, record.fields["shopify_updated_at"]):
         return WebhookStatus.IGNORED, "older than the order we hold"
     customers = []
     customer = payload.get("customer")
     if customer and customer.get("id") and not Customer.objects.filter(store=store, shopify_id=customer["id"]).exists():
         customers = [customer_record_from_rest(customer)]
-    before = Order.objects.filter(store=store, shopify_id=record.shopify_id).values_list("customer_id", flat=True).first()
     summary = records_import(store=store, customers=customers, orders=[record], source="webhook")
-    touched = set(summary.customer_ids) | ({before} if before else set())
-    if before:
-        customer_facts_refresh(store=store, customer_ids=touched)
+    touched = set(summary.customer_ids)
+    if before and before not in touched:  # the order moved to another customer: the old one's facts change too
+        customer_facts_refresh(store=store, customer_ids=[before])
+        touched.add(before)
     changes = _recompute_memberships(store, touched)
     return WebhookStatus.PROCESSED, f"order {record.name}; segments changed: {sorted(changes)}"
 

@@ -39,7 +39,7 @@ class GraphQLError(PartnerError):
 
     def __init__(self, errors: list[dict], *, code: str = ""):
         self.errors = errors
-        self.code = code or (errors[0].get("extensions", {}) or {}).get("code", "") if errors else code
+        self.code = code or (((errors[0].get("extensions") or {}).get("code") or "") if errors else "")
         super().__init__("; ".join(str(e.get("message", e)) for e in errors) or "GraphQL error")
 
 

@@ -66,24 +66,17 @@ def _noop(stage: str, done: int, total: int) -> None:
     return None
 
 
-def _search(since: dt.datetime | None) -> str:
-    if since is None:
-        return ""
-    return f"(query: \"updated_at:>'{since.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}'\")"
-
-
-def import_full(*, store: Store, progress: Progress | None = None, client: ShopifyClient | None = None,
-                since: dt.datetime | None = None) -> ShopifyImport:
-    """Everything (or what changed after ``since``) through bulk operations."""
+def import_full(*, store: Store, progress: Progress | None = None, client: ShopifyClient | None = None
+                ) -> ShopifyImport:
+    """Everything, through bulk operations."""
     progress = progress or _noop
     client = client or client_for(store)
     started = timezone.now()
-    search = _search(since)
     queries = {
-        "customers": f"{{ customers{search} {{ edges {{ node {{ {CUSTOMER_FIELDS} }} }} }} }}",
-        "products": f"{{ products{search} {{ edges {{ node {{ {PRODUCT_FIELDS} "
+        "customers": f"{{ customers {{ edges {{ node {{ {CUSTOMER_FIELDS} }} }} }} }}",
+        "products": f"{{ products {{ edges {{ node {{ {PRODUCT_FIELDS} "
                     f"variants {{ edges {{ node {{ {VARIANT_FIELDS} }} }} }} }} }} }} }}",
-        "orders": f"{{ orders{search} {{ edges {{ node {{ {ORDER_FIELDS} "
+        "orders": f"{{ orders {{ edges {{ node {{ {ORDER_FIELDS} "
                   f"lineItems {{ edges {{ node {{ {LINE_ITEM_FIELDS} }} }} }} }} }} }} }}",
     }
     lines: dict[str, list[dict]] = {}

@@ -456,7 +456,7 @@ class QueryRoot:
         self._c = context
         shop = context.shop
         self.shop = {"id": gid("Shop", 1), "name": shop.name, "myshopifyDomain": shop.domain,
-                     "ianaTimezone": "Asia/Tokyo", "currencyCode": "JPY", "typename": "Shop"}
+                     "ianaTimezone": "Asia/Tokyo", "currencyCode": "JPY"}
 
     def node(self, info, id):
         shop = self._c.shop
