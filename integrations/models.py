@@ -64,6 +64,11 @@ class SyncJobKind(models.TextChoices):
     IMPORT_CHANGES = "import_changes", _("Import of changes")
     TAG_SYNC = "tag_sync", _("Tag sync")
     TAG_REMOVE = "tag_remove", _("Tag removal")
+    SEGMENTS_RECOMPUTE = "segments_recompute", _("Segment recompute")
+    METRICS_SNAPSHOT = "metrics_snapshot", _("Daily snapshots")
+    METRICS_BACKFILL = "metrics_backfill", _("Metrics backfill")
+    PARTNER_PUSH = "partner_push", _("Partner push")
+    SUMMARY_EMAIL = "summary_email", _("Summary email")
 
 
 class SyncJobStatus(models.TextChoices):
@@ -81,6 +86,8 @@ class SyncJob(models.Model):
     kind = models.CharField(_("kind"), max_length=20, choices=SyncJobKind.choices)
     segment = models.ForeignKey("segments.Segment", on_delete=models.SET_NULL, null=True, blank=True,
                                 related_name="sync_jobs", verbose_name=_("segment"))
+    pipeline_run = models.ForeignKey("metrics.PipelineRun", on_delete=models.CASCADE, null=True, blank=True,
+                                     related_name="jobs", verbose_name=_("daily run"))
     status = models.CharField(_("status"), max_length=10, choices=SyncJobStatus.choices,
                               default=SyncJobStatus.PENDING)
     dry_run = models.BooleanField(_("dry run"), default=False)

@@ -35,11 +35,22 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, DecimalField, ExpressionWrapper, F, Max, Q, QuerySet, Sum, Value
+from django.db.models import Count, DecimalField, Exists, ExpressionWrapper, F, Max, OuterRef, Q, QuerySet, Sum, Value
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Round
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.models import Customer, CustomerTag, LineItem, MarketingState, Order, ProductTag
+from ecpower.commerce.models import (
+    Customer,
+    CustomerTag,
+    CustomerTagEvent,
+    LineItem,
+    MarketingState,
+    Order,
+    ProductTag,
+    TagEventAction,
+)
+from segments import rfm
 
 MAX_CONDITIONS = 100
 MAX_DEPTH = 12
@@ -87,6 +98,7 @@ FIELDS: dict[str, Spec] = {
     "first_order_utm_campaign": Spec("string", STRING_OPS, nullable=True),
     "products_purchased": Spec("function", FUNCTION_OPS),
     "orders_placed": Spec("function", FUNCTION_OPS),
+    "rfm_group": Spec("enum", ENUM_OPS, choices=rfm.GROUPS),
     "in_segment": Spec("segment", ("=",)),
 }
 
@@ -403,6 +415,10 @@ class EvaluationContext:
     as_of: dt.date
     today: dt.date
     segment: Callable[[str], Any]
+    # When the store's tag history starts (its first CustomerTagEvent); None when it has none.
+    tag_history_start: dt.datetime | None = None
+    # What an as-of evaluation had to approximate ("tags_before_history", "tags_without_history").
+    notes: set[str] = field(default_factory=set)
     _stack: list[str] = field(default_factory=list)
 
     @property
@@ -596,9 +612,16 @@ def _compile_condition(node: dict, context: EvaluationContext) -> Q:
         return (equal & has_value) if op == "=" else (~equal & has_value)
 
     if name == "customer_tags":
-        tagged = CustomerTag.objects.filter(store=context.store, name__iexact=value).values("customer_id")
-        q = Q(pk__in=tagged)
+        q = Q(pk__in=_tagged(value, context))
         return q if op == "contains" else ~q
+
+    if name == "rfm_group":
+        if value == "PROSPECTS":
+            q = ~_has_orders(context)
+        else:
+            cutoff = context.cutoff if historical else None
+            q = Q(pk__in=RawSQL(*rfm.group_members_sql(context.store.pk, value, cutoff)))
+        return q if op == "=" else ~q
 
     if name in ("customer_countries", "customer_regions", "customer_cities"):
         column = {"customer_countries": "country_code", "customer_regions": "province_code",
@@ -623,6 +646,36 @@ def _compile_condition(node: dict, context: EvaluationContext) -> Q:
         return _in_segment(value, context)
 
     raise ValueError(f"unvalidated field {name!r}")  # validate() rejects it first
+
+
+def _has_orders(context: EvaluationContext) -> Q:
+    if not context.historical:
+        return Q(orders_count__gt=0)
+    return Q(pk__in=_counted_orders(context).values("customer_id"))
+
+
+def _tagged(value: str, context: EvaluationContext) -> QuerySet:
+    """Customer ids carrying the tag: now, or as of the evaluation day from the tag history.
+
+    Tag history starts with the store's first import. On a day before it, tags are read as they
+    were at the end of the day the history starts; with no history at all, as they are now. Both
+    are noted on the context, so snapshots can say they are approximate.
+    """
+    if not context.historical:
+        return CustomerTag.objects.filter(store=context.store, name__iexact=value).values("customer_id")
+    start = context.tag_history_start
+    if start is None:
+        context.notes.add("tags_without_history")
+        return CustomerTag.objects.filter(store=context.store, name__iexact=value).values("customer_id")
+    at = context.cutoff
+    if at <= start:
+        context.notes.add("tags_before_history")
+        at = context.start_of(start.astimezone(context.store.zone).date() + dt.timedelta(days=1))
+    events = CustomerTagEvent.objects.filter(store=context.store, name__iexact=value, occurred_at__lt=at)
+    later = events.filter(customer_id=OuterRef("customer_id")).filter(
+        Q(occurred_at__gt=OuterRef("occurred_at")) | Q(occurred_at=OuterRef("occurred_at"), id__gt=OuterRef("id"))
+    )
+    return events.filter(action=TagEventAction.ADDED).filter(~Exists(later)).values("customer_id")
 
 
 def _products_purchased(params: dict, context: EvaluationContext) -> Q:

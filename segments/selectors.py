@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Min, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.models import Customer, Store
+from ecpower.commerce.models import Customer, CustomerTagEvent, Store
 from segments import rules
 from segments.models import Membership, MembershipEvent, Segment, SegmentKind
 from segments.query_language import to_text
@@ -38,7 +38,12 @@ def evaluation_context(*, store: Store, as_of: dt.date | None = None) -> rules.E
                 ) from None
         return cache[slug]
 
-    return rules.EvaluationContext(store=store, as_of=as_of or today, today=today, segment=segment)
+    as_of = as_of or today
+    history_start = None
+    if as_of < today:  # only as-of evaluations read the tag history
+        history_start = CustomerTagEvent.objects.filter(store=store).aggregate(start=Min("occurred_at"))["start"]
+    return rules.EvaluationContext(store=store, as_of=as_of, today=today, segment=segment,
+                                   tag_history_start=history_start)
 
 
 def segment_exists_checker(store: Store):

@@ -32,7 +32,7 @@ class StoreAdmin(admin.ModelAdmin):
     search_fields = ("name", "shopify_domain")
     fieldsets = (
         (None, {"fields": ("name", "shopify_domain", "time_zone", "currency")}),
-        (_("Segments and tags"), {"fields": ("tag_prefix", "notification_email")}),
+        (_("Segments and tags"), {"fields": ("tag_prefix", "notification_email", "daily_run_hour")}),
     )
 
 

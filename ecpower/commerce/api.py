@@ -15,7 +15,7 @@ from segments.models import Membership
 class StoreSerializer(serializers.ModelSerializer):
     class Meta:
         model = Store
-        fields = ("id", "name", "shopify_domain", "time_zone", "currency", "tag_prefix", "created_at")
+        fields = ("id", "name", "shopify_domain", "time_zone", "currency", "tag_prefix", "daily_run_hour", "created_at")
         read_only_fields = ("shopify_domain", "created_at")
 
 

@@ -11,6 +11,7 @@ import zoneinfo
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -45,6 +46,11 @@ class Store(models.Model):
     )
     notification_email = models.EmailField(
         _("notification email"), blank=True, help_text=_("Receives a summary when an import or sync finishes.")
+    )
+    daily_run_hour = models.PositiveSmallIntegerField(
+        _("daily run hour"), default=3, validators=[MinValueValidator(0), MaxValueValidator(23)],
+        help_text=_("Local hour (0–23, in the store's time zone) of the daily import, recompute, snapshots and "
+                    "tag sync."),
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
