@@ -90,6 +90,9 @@ class SnapshotMember(models.Model):
             models.UniqueConstraint(fields=["segment", "customer"], name="snapshot_member_unique"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.customer_id} ∈ {self.segment_id}"
+
 
 class Journey(models.Model):
     """Ordered stages (segments) customers move through, e.g. first purchase → repeat → loyal."""

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from ecpower.commerce.services import customer_facts_refresh
-from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotMember
-from metrics.snapshots import history_rebuild, snapshot_days, snapshots_update
+from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotMember, SnapshotSource
+from metrics.snapshots import SnapshotResult, _walk, history_rebuild, snapshot_days, snapshots_update
 from segments.services import segment_create
 from tests.factories import CustomerFactory, OrderFactory, StoreFactory
 
@@ -116,9 +116,7 @@ def test_a_weekly_point_counts_the_whole_week(shop):
     store, seg, _customers = shop
     history_rebuild(store=store, since=dt.date(2025, 3, 1), until=dt.date(2025, 3, 11))
     SegmentSnapshot.objects.all().delete()
-    from metrics.snapshots import _walk, SnapshotResult  # one weekly step, as an old backfill day
-    from metrics.models import SnapshotSource
-
+    # One weekly step, as the older part of a long backfill records.
     _walk(store, [seg["buyers"]], [dt.date(2025, 3, 11)], seed=dt.date(2025, 3, 4), source=SnapshotSource.BACKFILL,
           result=SnapshotResult(), progress=None)
     week = snap(seg["buyers"], 11)
