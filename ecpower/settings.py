@@ -193,6 +193,10 @@ SHOPIFY_BULK_POLL_SECONDS = env_float("SHOPIFY_BULK_POLL_SECONDS", 2.0)
 # This deployment's public address: OAuth redirects and the links in summary emails.
 PUBLIC_URL = env_str("ECPOWER_PUBLIC_URL", default="http://127.0.0.1:8000")
 
+# --- Daily run (docs/metrics.md) ------------------------------------------------------------------
+# Seconds a daily run may go without progress before the dispatcher marks it failed and reports it.
+PIPELINE_TIMEOUT = env_int("ECPOWER_PIPELINE_TIMEOUT", 1800)
+
 # --- REST API (docs/api.md) -----------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

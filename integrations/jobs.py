@@ -21,7 +21,7 @@ from django.utils.translation import gettext as _
 from ecpower.commerce.models import Store
 from integrations.http import PartnerError
 from integrations.models import SyncJob, SyncJobKind, SyncJobStatus
-from segments.models import Segment, SegmentKind
+from segments.models import Segment
 
 logger = logging.getLogger(__name__)
 STALE_AFTER = dt.timedelta(minutes=10)
@@ -77,26 +77,10 @@ def tag_sync_start(*, segment: Segment, user=None, dry_run: bool = False, remove
     return job
 
 
-def daily_tag_sync() -> int:
-    """Schedule entry: a tag sync for every condition segment with a tag, in every connected store."""
-    from integrations.models import ShopifyConnection
-
-    started = 0
-    connected = ShopifyConnection.objects.filter(disconnected_at__isnull=True).exclude(access_token="")
-    for segment in Segment.objects.filter(kind=SegmentKind.CONDITION, store__shopify__in=connected).exclude(
-            shopify_tag="").select_related("store"):
-        try:
-            tag_sync_start(segment=segment)
-            started += 1
-        except PartnerError as exc:
-            logger.warning("Daily tag sync of %s skipped: %s", segment, exc)
-    return started
-
-
 # --- run ---------------------------------------------------------------------------------------
 
 
-def _claim(job_id: int) -> SyncJob | None:
+def job_claim(job_id: int) -> SyncJob | None:
     now = timezone.now()
     claimed = SyncJob.objects.filter(pk=job_id).filter(
         Q(status=SyncJobStatus.PENDING)
@@ -109,7 +93,7 @@ def _claim(job_id: int) -> SyncJob | None:
     return SyncJob.objects.select_related("store", "segment", "segment__store").get(pk=job_id)
 
 
-def _progress(job: SyncJob):
+def job_progress(job: SyncJob):
     def update(stage: str, done: int, total: int) -> None:
         SyncJob.objects.filter(pk=job.pk).update(stage=stage[:40], done=done, total=total, heartbeat_at=timezone.now())
 
@@ -118,7 +102,7 @@ def _progress(job: SyncJob):
 
 def sync_job_run(job_id: int, client=None) -> str:
     """Run (or resume) one job. Returns its final status, or "skipped" when another worker has it."""
-    job = _claim(job_id)
+    job = job_claim(job_id)
     if job is None:
         return "skipped"
     from integrations.shopify.connection import client_for
@@ -142,8 +126,8 @@ def _run_import(job: SyncJob, client) -> dict:
     from segments.services import store_segments_recompute
 
     run = import_full if job.kind == SyncJobKind.IMPORT_FULL else import_changes
-    result = run(store=job.store, progress=_progress(job), client=client)
-    _progress(job)("segments", 0, 0)
+    result = run(store=job.store, progress=job_progress(job), client=client)
+    job_progress(job)("segments", 0, 0)
     store_segments_recompute(store=job.store)
     return result.as_dict()
 
@@ -194,7 +178,8 @@ def sync_job_hook(task) -> None:
 
 def sync_job_notify(job_id: int) -> bool:
     """Email the store's notification address once per job. Returns whether a mail went out."""
-    claimed = SyncJob.objects.filter(pk=job_id, notified_at__isnull=True).exclude(
+    # Steps of a daily run are reported together, in the run's email (metrics.pipeline).
+    claimed = SyncJob.objects.filter(pk=job_id, notified_at__isnull=True, pipeline_run__isnull=True).exclude(
         store__notification_email="").update(notified_at=timezone.now())
     if not claimed:
         return False

@@ -165,6 +165,8 @@ class PipelineRun(models.Model):
                               default=PipelineStatus.PENDING)
     step = models.CharField(_("step"), max_length=30, blank=True)
     worker = models.CharField(_("worker"), max_length=100, blank=True, help_text=_("host:pid that ran it."))
+    summary = models.JSONField(_("summary"), default=dict, blank=True,
+                               help_text=_("Each step's outcome: succeeded, partial, failed or skipped, and why."))
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     heartbeat_at = models.DateTimeField(_("last progress"), null=True, blank=True)
@@ -195,6 +197,9 @@ class SnapshotCursor(models.Model):
     segment = models.OneToOneField(Segment, on_delete=models.CASCADE, related_name="snapshot_cursor",
                                    verbose_name=_("segment"))
     date = models.DateField(_("members as of"))
+    version = models.PositiveIntegerField(
+        _("rule version"), default=0,
+        help_text=_("The segment's rule version the history was computed with; another one rebuilds it."))
 
     class Meta:
         verbose_name = _("snapshot cursor")

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.db import connection, transaction
-from django.db.models import Min
+from django.db.models import Max, Min
 from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Order, Store
 from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotMember, SnapshotSource
 from segments import rules
-from segments.models import Membership, Segment, SegmentKind
+from segments.models import Membership, Segment, SegmentKind, SegmentVersion
 from segments.selectors import dependency_order, evaluation_context, store_today
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,13 @@ def snapshots_update(*, store: Store, until: dt.date | None = None, progress: Pr
     """
     until = until or last_closed_day(store)
     segments = _segments(store, None)
-    cursors = dict(SnapshotCursor.objects.filter(segment__in=segments).values_list("segment_id", "date"))
+    versions = rule_versions(segments)
+    cursors = {
+        segment_id: date
+        for segment_id, date, version in SnapshotCursor.objects.filter(segment__in=segments).values_list(
+            "segment_id", "date", "version")
+        if version == versions.get(segment_id, 0)  # a changed rule gets its whole history again
+    }
     fresh = [s for s in segments if s.pk not in cursors]
     result = SnapshotResult()
     by_start: dict[dt.date, list[Segment]] = {}
@@ -167,6 +173,20 @@ def snapshot_day(*, store: Store, day: dt.date, progress: Progress | None = None
         snapshots_update(store=store, until=day, progress=progress)
     result.segments = len(segments)
     return result
+
+
+def rule_versions(segments: Iterable[Segment]) -> dict[int, int]:
+    """{segment id: its latest rule version} (lists have none: 0)."""
+    return dict(SegmentVersion.objects.filter(segment__in=list(segments)).values("segment_id").annotate(
+        n=Max("number")).values_list("segment_id", "n"))
+
+
+def stale_segments(store: Store) -> list[Segment]:
+    """Segments whose history is missing or was computed with an older rule."""
+    segments = _segments(store, None)
+    versions = rule_versions(segments)
+    cursors = dict(SnapshotCursor.objects.filter(segment__in=segments).values_list("segment_id", "version"))
+    return [s for s in segments if cursors.get(s.pk) != versions.get(s.pk, 0)]
 
 
 def _segments(store: Store, segments: Iterable[Segment] | None) -> list[Segment]:
@@ -350,8 +370,10 @@ def _keep_members(cursor, store: Store, segments: list[Segment], day: dt.date) -
     cursor.execute(f"DELETE FROM {table} WHERE segment_id IN ({_ids(segments)})")
     cursor.execute(f"INSERT INTO {table} (store_id, segment_id, customer_id) "
                    f"SELECT %s, segment_id, customer_id FROM {CURRENT}", [store.pk])
+    versions = rule_versions(segments)
     for segment in segments:
-        SnapshotCursor.objects.update_or_create(segment=segment, defaults={"store": store, "date": day})
+        SnapshotCursor.objects.update_or_create(
+            segment=segment, defaults={"store": store, "date": day, "version": versions.get(segment.pk, 0)})
 
 
 def _dec(value) -> Decimal:

@@ -17,6 +17,9 @@ def segment_recompute_run(segment_id: int, as_of: str | None = None) -> str:
         result = segment_recompute(segment=segment, as_of=dt.date.fromisoformat(as_of) if as_of else None)
     except SegmentBusy:
         return "busy"
+    from metrics.tasks import backfill_if_stale  # a new segment or a changed rule gets its history at once
+
+    backfill_if_stale(segment.store)
     return f"{result.members} members (+{result.joined} −{result.left})"
 
 

@@ -188,17 +188,3 @@ def test_a_worker_killed_mid_drain_resumes_and_converges(connected_store, emulat
     assert shop.tag_calls - sent_before == 100
     job.refresh_from_db()
     assert (job.done, job.failed, job.total) == (150, 0, 150)
-
-
-def test_the_daily_schedule_exists_and_starts_a_sync_per_tagged_condition_segment(connected_store, emulator):
-    from django_q.models import Schedule
-
-    from integrations.jobs import daily_tag_sync
-
-    assert Schedule.objects.get(name="daily-tag-sync").func == "integrations.jobs.daily_tag_sync"
-    make_customers(emulator.shop, 4)
-    import_full(store=connected_store)
-    line_segment(connected_store)
-    segment_create(store=connected_store, name="untagged", query="number_of_orders >= 1")
-    assert daily_tag_sync() == 1
-    assert SyncJob.objects.filter(kind="tag_sync").count() == 1
