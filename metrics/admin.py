@@ -61,7 +61,6 @@ class JourneyStageInline(admin.TabularInline):
     model = JourneyStage
     fields = ("position", "segment")
     extra = 3
-    autocomplete_fields = ("segment",)
 
 
 @admin.register(Journey)

@@ -155,3 +155,23 @@ def test_a_new_segment_gets_its_history_from_a_background_job_with_progress(froz
     with django_capture_on_commit_callbacks(execute=True):
         segment_recompute_run(segment.pk)  # history is current: no second backfill
     assert SyncJob.objects.filter(kind=SyncJobKind.METRICS_BACKFILL).count() == 1
+
+
+def test_a_connected_store_imports_and_pushes_each_tagged_segment(connected_store, emulator):
+    for n in range(6):
+        emulator.shop.add_customer(email=f"p{n}@example.jp", tags=["LINE連携"] if n % 2 else [])
+    from integrations.shopify.importer import import_full
+
+    import_full(store=connected_store)
+    segment_create(store=connected_store, name="LINE", query="customer_tags CONTAINS 'LINE連携'",
+                   shopify_tag="ecp-line")
+    segment_create(store=connected_store, name="untagged", query="number_of_orders >= 0")
+    emulator.shop.add_customer(email="late@example.jp", tags=["LINE連携"])  # arrives with today's import
+    run = PipelineRun.objects.create(store=connected_store, date=dt.date.today())
+    assert pipeline_run(run.pk) == PipelineStatus.SUCCEEDED
+    run.refresh_from_db()
+    assert run.summary["import"]["status"] == run.summary["tags"]["status"] == "succeeded"
+    assert run.summary["tags"]["jobs"] == {"line": "succeeded"}  # one tag sync, for the tagged segment only
+    tagged = {c["email"] for c in emulator.shop.customers.values() if "ecp-line" in c["tags"]}
+    assert tagged == {"p1@example.jp", "p3@example.jp", "p5@example.jp", "late@example.jp"}
+    assert not mail.outbox  # the run's steps are not mailed one by one
