@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from integrations.models import SyncJob
+from metrics.admin_views import MetricsAdminViews
 from metrics.models import Campaign, Journey, JourneyStage, PipelineRun, SegmentSnapshot
 
 
@@ -31,8 +33,6 @@ class RunJobInline(admin.TabularInline):
 
     @admin.display(description=_("job"))
     def link(self, obj: SyncJob) -> str:
-        from django.urls import reverse
-
         return format_html('<a href="{}">#{}</a>', reverse("admin:integrations_syncjob_change", args=[obj.pk]), obj.pk)
 
 
@@ -48,7 +48,8 @@ class PipelineRunAdmin(ReadOnlyAdmin):
 
 
 @admin.register(SegmentSnapshot)
-class SegmentSnapshotAdmin(ReadOnlyAdmin):
+class SegmentSnapshotAdmin(MetricsAdminViews, ReadOnlyAdmin):
+    change_list_template = "admin/metrics/snapshot_changelist.html"
     list_display = ("date", "segment", "members", "joined", "left", "orders", "revenue", "repeat_rate", "ltv",
                     "aov_customer", "aov_order", "avg_orders", "purchase_interval_days", "approximate", "source")
     list_filter = ("source", "approximate", "segment__store")
@@ -65,9 +66,14 @@ class JourneyStageInline(admin.TabularInline):
 
 @admin.register(Journey)
 class JourneyAdmin(admin.ModelAdmin):
-    list_display = ("name", "store", "stage_names")
+    list_display = ("name", "store", "stage_names", "transitions")
     list_filter = ("store",)
     inlines = (JourneyStageInline,)
+
+    @admin.display(description=_("transitions"))
+    def transitions(self, obj: Journey) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("admin:metrics_journey", args=[obj.pk]),
+                           _("Moves in the last 7 days"))
 
     @admin.display(description=_("stages"))
     def stage_names(self, obj: Journey) -> str:
@@ -76,7 +82,12 @@ class JourneyAdmin(admin.ModelAdmin):
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ("name", "store", "starts_on", "ends_on")
+    list_display = ("name", "store", "starts_on", "ends_on", "results")
     list_filter = ("store",)
     filter_horizontal = ("segments",)
     date_hierarchy = "starts_on"
+
+    @admin.display(description=_("results"))
+    def results(self, obj: Campaign) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("admin:metrics_campaign", args=[obj.pk]),
+                           _("Targets vs holdout"))
