@@ -31,6 +31,7 @@ demo: venv
 	$(BIN)/python manage.py generate_demo_store --store $(DEMO_STORE) --customers $(DEMO_CUSTOMERS) --seed $(DEMO_SEED) --replace
 	$(BIN)/python manage.py segments templates --store $(DEMO_STORE)
 	$(BIN)/python manage.py segments recompute --store $(DEMO_STORE)
+	$(BIN)/python manage.py metrics backfill --store $(DEMO_STORE) --queue
 	$(BIN)/python manage.py ensure_admin --username $(ADMIN_USER)
 	$(BIN)/python manage.py shopify connect --store $(DEMO_STORE) --token shpat_demo --secret demo-webhook-secret --no-check
 	@echo "Serving http://127.0.0.1:$(PORT)/admin/ with the Shopify emulator on :$(EMULATOR_PORT) (Ctrl-C stops all)"

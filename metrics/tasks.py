@@ -14,8 +14,9 @@ from segments.models import Segment
 
 @transaction.atomic
 def backfill_start(*, store: Store, segment: Segment | None = None, since: dt.date | None = None,
-                   user=None) -> SyncJob:
-    """Queue a rebuild of the history of ``segment`` (default: every segment whose history is stale).
+                   user=None, all_segments: bool = False) -> SyncJob:
+    """Queue a rebuild of the history of ``segment`` (default: every segment whose history is stale,
+    or every segment with ``all_segments``).
 
     An unfinished backfill of the same store and segment is returned instead of a second one.
     """
@@ -24,7 +25,7 @@ def backfill_start(*, store: Store, segment: Segment | None = None, since: dt.da
     if waiting:
         return waiting
     job = SyncJob.objects.create(store=store, kind=SyncJobKind.METRICS_BACKFILL, segment=segment, created_by=user,
-                                 summary={"since": since.isoformat() if since else None})
+                                 summary={"since": since.isoformat() if since else None, "all": all_segments})
     transaction.on_commit(lambda: _enqueue(job.pk))
     return job
 
@@ -44,7 +45,10 @@ def backfill_run(job_id: int) -> str:
     if job is None:
         return "skipped"
     since = job.summary.get("since")
-    segments = [job.segment] if job.segment else stale_segments(job.store)
+    if job.segment:
+        segments = [job.segment]
+    else:
+        segments = None if job.summary.get("all") else stale_segments(job.store)
     result = history_rebuild(store=job.store, segments=segments, since=dt.date.fromisoformat(since) if since else None,
                              progress=job_progress(job))
     status = SyncJobStatus.PARTIAL if result.failed else SyncJobStatus.SUCCEEDED

@@ -166,8 +166,8 @@ def store_data_delete(*, store: Store) -> None:
     Set-based deletes, children first, instead of the ORM's per-object cascade collection,
     which does not scale to a million customers.
 
-    Segments stay, emptied: their memberships and join/leave history go with the customers, and
-    they show as not computed until the next recompute.
+    Segments stay, emptied: their memberships, join/leave history and metric history go with the
+    customers, and they show as not computed until the next recompute.
     """
     from django.apps import apps
 
@@ -175,8 +175,11 @@ def store_data_delete(*, store: Store) -> None:
         apps.get_model("segments", name) for name in ("MembershipEvent", "Membership", "Segment")
     )
     tag_operation, applied_tag = (apps.get_model("integrations", name) for name in ("TagOperation", "AppliedTag"))
+    snapshot, snapshot_member, snapshot_cursor = (
+        apps.get_model("metrics", name) for name in ("SegmentSnapshot", "SnapshotMember", "SnapshotCursor"))
     with transaction.atomic():
-        for model in (membership_event, membership, tag_operation, applied_tag, CustomerTagEvent, LineItem, Order,
+        for model in (snapshot, snapshot_member, snapshot_cursor, membership_event, membership, tag_operation,
+                      applied_tag, CustomerTagEvent, LineItem, Order,
                       CustomerTag, Customer, ProductTag, ProductVariant, Product):
             model.objects.filter(store=store)._raw_delete(connection.alias)
         segment.objects.filter(store=store).update(

@@ -77,3 +77,11 @@ def test_unknown_store_segment_or_date_are_clear_errors(store):
 def test_run_executes_the_daily_run_in_process(store):
     text = run("run", "--store", store.shopify_domain)
     assert "recompute  succeeded" in text and "import     skipped" in text
+
+
+def test_backfill_can_be_queued_for_the_workers(store):
+    from integrations.models import SyncJob
+
+    text = run("backfill", "--store", store.shopify_domain, "--queue")
+    job = SyncJob.objects.get(kind="metrics_backfill")
+    assert f"Queued backfill job #{job.pk}" in text and job.summary["all"] is True

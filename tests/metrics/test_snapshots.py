@@ -122,3 +122,17 @@ def test_a_weekly_point_counts_the_whole_week(shop):
     week = snap(seg["buyers"], 11)
     assert week.period_days == 7
     assert (week.joined, week.orders, week.revenue) == (1, 2, Decimal("6000.00"))  # B joined; B 5th + A 11th
+
+
+def test_deleting_a_stores_data_drops_its_metric_history_too(shop):
+    from ecpower.commerce.services import store_data_delete
+
+    store, seg, _customers = shop
+    history_rebuild(store=store, since=dt.date(2025, 3, 1), until=dt.date(2025, 3, 11))
+    store_data_delete(store=store)
+    assert not SegmentSnapshot.objects.filter(store=store).exists()
+    assert not SnapshotMember.objects.filter(store=store).exists()
+    assert not SnapshotCursor.objects.filter(store=store).exists()
+    snapshots_update(store=store, until=dt.date(2025, 3, 11))  # no customers left: one empty day, no history
+    assert set(SegmentSnapshot.objects.filter(store=store).values_list("date", "members")) == {
+        (dt.date(2025, 3, 11), 0)}

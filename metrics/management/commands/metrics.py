@@ -45,6 +45,8 @@ class Command(BaseCommand):
             if name == "backfill":
                 p.add_argument("--slug", help="only this segment (default: all)")
                 p.add_argument("--since", type=_date, help="first day (default: first order, at most 2 years back)")
+                p.add_argument("--queue", action="store_true",
+                               help="queue it for the workers (progress on the job's admin page) instead of running here")
             if name == "show":
                 p.add_argument("--slug", required=True)
                 p.add_argument("--since", type=_date)
@@ -82,6 +84,17 @@ class Command(BaseCommand):
         self._report(result)
 
     def handle_backfill(self, store: Store, options) -> None:
+        if options["queue"]:
+            from django.conf import settings
+            from django.urls import reverse
+
+            from metrics.tasks import backfill_start
+
+            segment = self._segment(store, options["slug"]) if options["slug"] else None
+            job = backfill_start(store=store, segment=segment, since=options["since"], all_segments=segment is None)
+            link = settings.PUBLIC_URL.rstrip("/") + reverse("admin:integrations_syncjob_change", args=[job.pk])
+            self.stdout.write(f"Queued backfill job #{job.pk}: {link}")
+            return
         segments = [self._segment(store, options["slug"])] if options["slug"] else None
         result = history_rebuild(store=store, segments=segments, since=options["since"], progress=self._progress)
         self._report(result)
