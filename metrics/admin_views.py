@@ -224,7 +224,7 @@ class MetricsAdminViews:
     def campaign_view(self, request: HttpRequest, pk: int):
         campaign = get_object_or_404(Campaign.objects.select_related("store"), pk=pk)
         header = [_("Segment"), _("Group"), _("Customers"), _("Buyers"), _("Conversion"), _("Orders"), _("Revenue"),
-                  _("Revenue per member"), _("Lift"), _("95% interval of the difference")]
+                  _("Revenue per member"), _("Lift"), _("95 percent interval of the difference")]
         rows = []
         for segment in campaign.segments.order_by("name"):
             result = insights.campaign_results(segment, campaign.starts_on, campaign.ends_on)
