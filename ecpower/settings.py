@@ -226,7 +226,10 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {
         "SyncJobKindEnum": "integrations.models.SyncJobKind.choices",
-        "SegmentKindEnum": "segments.models.SegmentKind.choices","MarketingStateEnum": "ecpower.commerce.models.MarketingState"},
+        "SegmentKindEnum": "segments.models.SegmentKind.choices",
+        "MarketingStateEnum": "ecpower.commerce.models.MarketingState",
+        "JobStatusEnum": "integrations.models.SyncJobStatus.choices",  # daily runs share it
+    },
 }
 
 LOGGING = {

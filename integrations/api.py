@@ -25,11 +25,18 @@ class SyncJobSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+# Jobs a user or partner starts; the other kinds are steps of the daily run.
+STARTABLE = (SyncJobKind.IMPORT_FULL, SyncJobKind.IMPORT_CHANGES, SyncJobKind.TAG_SYNC, SyncJobKind.TAG_REMOVE,
+             SyncJobKind.METRICS_BACKFILL)
+
+
 class SyncJobStartSerializer(serializers.Serializer):
     store = serializers.PrimaryKeyRelatedField(queryset=Store.objects.none())
-    kind = serializers.ChoiceField(choices=SyncJobKind.choices)
-    segment = serializers.PrimaryKeyRelatedField(queryset=Segment.objects.none(), required=False, allow_null=True,
-                                                 help_text="For tag_sync and tag_remove.")
+    kind = serializers.ChoiceField(choices=[(k, SyncJobKind(k).label) for k in STARTABLE])
+    segment = serializers.PrimaryKeyRelatedField(
+        queryset=Segment.objects.none(), required=False, allow_null=True,
+        help_text="For tag_sync and tag_remove; for metrics_backfill, only this segment (default: every segment "
+                  "whose history is missing or out of date).")
     dry_run = serializers.BooleanField(default=False, help_text="Tag jobs: count and sample the changes only.")
     native_segment = serializers.BooleanField(default=False,
                                               help_text="tag_sync: also create a Shopify segment for the tag.")
@@ -56,6 +63,10 @@ def start_job(request, data: dict) -> SyncJob:
     if not request_can_write(request, data["store"].pk):
         raise PermissionDenied()
     try:
+        if data["kind"] == SyncJobKind.METRICS_BACKFILL:
+            from metrics.tasks import backfill_start
+
+            return backfill_start(store=data["store"], segment=data.get("segment"), user=user)
         if data["kind"] in (SyncJobKind.IMPORT_FULL, SyncJobKind.IMPORT_CHANGES):
             return import_start(store=data["store"], full=data["kind"] == SyncJobKind.IMPORT_FULL, user=user)
         return tag_sync_start(segment=data["segment"], user=user, dry_run=data.get("dry_run", False),
@@ -66,7 +77,8 @@ def start_job(request, data: dict) -> SyncJob:
 
 
 class SyncJobViewSet(StoreScopedMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
-    """Imports and tag syncs. POST starts one (an unfinished job of the same kind is returned instead)."""
+    """Imports, tag syncs, backfills and the steps of daily runs. POST starts one (an unfinished job of the same
+    kind is returned instead)."""
 
     queryset = SyncJob.objects.all()
     serializer_class = SyncJobSerializer

@@ -8,14 +8,34 @@ from ecpower.api import schema  # noqa: F401  (registers the API-key scheme)
 from ecpower.commerce.api import CustomerViewSet, OrderViewSet, StoreViewSet
 from integrations.api import SyncJobViewSet
 from integrations.webhooks import shopify_webhook
+from metrics.api import (
+    CampaignViewSet,
+    JourneyViewSet,
+    PipelineRunViewSet,
+    SegmentMetricsActions,
+    StoreMetricsActions,
+)
 from segments.api import SegmentViewSet
 
+
+class StoreWithMetricsViewSet(StoreMetricsActions, StoreViewSet):
+    """The stores this key or user may see; owners and editors change settings. Cohorts and RFM per store."""
+
+
+class SegmentWithMetricsViewSet(SegmentMetricsActions, SegmentViewSet):
+    """Condition segments and lists; their metric history and insights. Creating and changing a rule queues a
+    recompute (and the history's backfill)."""
+
+
 router = DefaultRouter()
-router.register("stores", StoreViewSet, basename="store")
+router.register("stores", StoreWithMetricsViewSet, basename="store")
 router.register("customers", CustomerViewSet, basename="customer")
 router.register("orders", OrderViewSet, basename="order")
-router.register("segments", SegmentViewSet, basename="segment")
+router.register("segments", SegmentWithMetricsViewSet, basename="segment")
 router.register("sync-jobs", SyncJobViewSet, basename="sync-job")
+router.register("journeys", JourneyViewSet, basename="journey")
+router.register("campaigns", CampaignViewSet, basename="campaign")
+router.register("daily-runs", PipelineRunViewSet, basename="daily-run")
 
 urlpatterns = [
     path("", include(router.urls)),

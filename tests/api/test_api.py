@@ -16,6 +16,7 @@ from ecpower.commerce.access import api_key_create, api_key_revoke
 from ecpower.commerce.models import ApiKeyScope, StoreMembership, StoreRole
 from ecpower.commerce.services import customer_facts_refresh
 from integrations.models import SyncJob, SyncJobKind, SyncJobStatus
+from metrics.models import Campaign, Journey, PipelineRun
 from segments.models import Segment
 from segments.services import segment_create, segment_recompute
 from tests.factories import CustomerFactory, OrderFactory, StoreFactory
@@ -35,6 +36,11 @@ def make_store(domain: str):
     segment = segment_create(store=store, name="VIP", slug="vip", query="customer_tags CONTAINS 'vip'")
     segment_recompute(segment=segment)
     SyncJob.objects.create(store=store, kind=SyncJobKind.IMPORT_CHANGES, status=SyncJobStatus.SUCCEEDED)
+    journey = Journey.objects.create(store=store, name="life")
+    journey.stages.create(segment=segment, position=0)
+    Campaign.objects.create(store=store, name="spring", starts_on="2025-03-01", ends_on="2025-03-31").segments.add(
+        segment)
+    PipelineRun.objects.create(store=store, date="2025-03-01")
     return store
 
 
@@ -67,7 +73,7 @@ def test_a_key_sees_only_its_store(stores):
     a, b = stores
     _key, raw = api_key_create(store=a, name="tool")
     client = client_with(raw)
-    for name in ("store", "customer", "order", "segment", "sync-job"):
+    for name in ("store", "customer", "order", "segment", "sync-job", "journey", "campaign", "daily-run"):
         body = client.get(reverse(f"{name}-list")).json()
         stores_seen = {row.get("store", row["id"] if name == "store" else None) for row in body["results"]}
         assert stores_seen == {a.pk}, name
@@ -79,7 +85,9 @@ def _object_of(basename: str, store):
     return {"store": store, "customer": Customer.objects.filter(store=store).first(),
             "order": Order.objects.filter(store=store).first(),
             "segment": Segment.objects.filter(store=store).first(),
-            "sync-job": SyncJob.objects.filter(store=store).first()}[basename]
+            "sync-job": SyncJob.objects.filter(store=store).first(),
+            "journey": Journey.objects.get(store=store), "campaign": Campaign.objects.get(store=store),
+            "daily-run": PipelineRun.objects.get(store=store)}[basename]
 
 
 def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
@@ -91,8 +99,8 @@ def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
     for pattern in router.urls:
         if "pk" not in pattern.pattern.regex.groupindex or pattern.name.endswith("-format"):
             continue
-        basename = next(b for b in ("sync-job", "store", "customer", "order", "segment")
-                        if pattern.name.startswith(b + "-"))
+        basename = next(b for b in ("sync-job", "store", "customer", "order", "segment", "journey", "campaign",
+                                    "daily-run") if pattern.name.startswith(b + "-"))
         url = reverse(pattern.name, kwargs={"pk": _object_of(basename, b).pk})
         for method in ("get", "post", "put", "patch", "delete"):
             response = getattr(client, method)(url, {}, format="json")
@@ -100,8 +108,9 @@ def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
             if response.status_code != 405:
                 walked += 1
                 assert response.json()["error"]["code"] in ("not_found", "permission_denied")
-    assert walked >= 8
+    assert walked >= 30
     assert Segment.objects.filter(store=b).count() == 1
+    assert Journey.objects.get(store=b).stages.count() == 1 and Campaign.objects.filter(store=b).count() == 1
 
 
 def test_read_keys_read_and_preview_but_cannot_write(stores):
