@@ -199,11 +199,10 @@ class MetricsAdminViews:
         if request.GET.get("format") == "csv":
             return _csv("rfm", table)
         peak = max([max(row) for row in summary.grid.values()] or [0]) if summary else 0
-        grid = [(fm, [(count, rfm.GRID[fm][r], (4 * count // peak) if peak else 0)
+        grid = [(fm, [(count, rfm.GROUP_LABELS[rfm.GRID[fm][r]], (4 * count // peak) if peak else 0)
                       for r, count in enumerate(cells)]) for fm, cells in (summary.grid.items() if summary else [])]
-        labels = {g: str(label) for g, label in rfm.GROUP_LABELS.items()}
         context = self._context(request, _("RFM analysis") + (f" — {segment.name}" if segment else ""),
-                                segment=segment, store=store, table=table, grid=grid, labels=labels,
+                                segment=segment, store=store, table=table, grid=grid,
                                 summary=summary, csv_url="?" + request.GET.urlencode() + "&format=csv")
         return TemplateResponse(request, "admin/metrics/rfm.html", context)
 

@@ -50,4 +50,9 @@ def test_metrics_charts_render_from_local_files(browser_page, live_server, djang
     page.locator("#chart-compare[data-rendered='1']").wait_for()
     assert page.evaluate("window.ecpCharts[0].data.datasets.map(d => d.label)") == ["リピーター", "最近の購入者"]
     page.screenshot(path=str(SCREENSHOTS / "metrics-compare.png"), full_page=True)
+    page.goto(f"{live_server.url}/admin/metrics/segmentsnapshot/rfm/?store={store.pk}")
+    assert page.locator(".rfm-grid td").count() == 25
+    page.screenshot(path=str(SCREENSHOTS / "metrics-rfm.png"), full_page=True)
+    page.goto(f"{live_server.url}/admin/metrics/segmentsnapshot/cohorts/?segment={repeat.pk}")
+    page.screenshot(path=str(SCREENSHOTS / "metrics-cohorts.png"), full_page=True)
     assert all(url.startswith(live_server.url) for url in requests)  # nothing fetched from elsewhere
