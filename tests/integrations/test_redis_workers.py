@@ -36,13 +36,16 @@ def redis_up() -> bool:
         return False
 
 
-@pytest.fixture
-def worker_env(emulator):
+def redis_worker_env(redis_db: int, **extra: str) -> dict:
+    """The environment of a ``manage.py`` subprocess on the test database and a flushed Redis database.
+
+    Skips unless PostgreSQL (the workers must see the test database) and Redis are there.
+    """
     if connection.vendor != "postgresql" or not redis_up():
         pytest.skip("needs PostgreSQL and Redis on 127.0.0.1 (CI has both)")
     import redis
 
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+    redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
     db = connection.settings_dict
     return {
         **os.environ,
@@ -52,13 +55,17 @@ def worker_env(emulator):
         "SECRET_KEY": os.environ["SECRET_KEY"],
         "ECPOWER_ENCRYPTION_KEYS": ",".join(settings.ENCRYPTION_KEYS),
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-        "SHOPIFY_ADMIN_URL": emulator.admin_url(),
-        "ECPOWER_TAG_SYNC_BULK_THRESHOLD": "100000",
-        "Q_WORKERS": "2",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
         "Q_SYNC": "0",
         "LOG_LEVEL": "WARNING",
+        **extra,
     }
+
+
+@pytest.fixture
+def worker_env(emulator):
+    return redis_worker_env(REDIS_DB, SHOPIFY_ADMIN_URL=emulator.admin_url(), ECPOWER_TAG_SYNC_BULK_THRESHOLD="100000",
+                            Q_WORKERS="2")
 
 
 LOG = Path(os.environ.get("ECPOWER_WORKER_LOG", "/tmp/ecpower-test-workers.log"))

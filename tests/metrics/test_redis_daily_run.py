@@ -7,14 +7,11 @@ one worker running the same day store after store. PostgreSQL and Redis only (CI
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import time
 from decimal import Decimal
 
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from ecpower.commerce.models import Store
 from ecpower.commerce.services import customer_facts_refresh
@@ -25,7 +22,7 @@ from segments.models import Membership, MembershipEvent, Segment
 from segments.selectors import store_today
 from segments.services import segment_create
 from tests.factories import CustomerFactory, OrderFactory, StoreFactory
-from tests.integrations.test_redis_workers import manage, redis_up, stop, wait_for
+from tests.integrations.test_redis_workers import manage, redis_worker_env, stop, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 REDIS_DB = 10
@@ -36,25 +33,8 @@ FIELDS = ("members", "joined", "left", "orders", "revenue", "repeat_rate", "ltv"
 
 @pytest.fixture
 def redis_env():
-    if connection.vendor != "postgresql" or not redis_up():
-        pytest.skip("needs PostgreSQL and Redis on 127.0.0.1 (CI has both)")
-    import redis
-
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
-    db = connection.settings_dict
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "ecpower.settings",
-        "ECPOWER_ENV_FILE": os.devnull,
-        "DJANGO_DEBUG": "1",
-        "SECRET_KEY": os.environ["SECRET_KEY"],
-        "ECPOWER_ENCRYPTION_KEYS": ",".join(settings.ENCRYPTION_KEYS),
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-        "Q_WORKERS": "1",  # one worker per cluster: two clusters are the two worker processes
-        "Q_SYNC": "0",
-        "LOG_LEVEL": "WARNING",
-    }
+    # One worker per cluster: the two clusters are the two worker processes.
+    return redis_worker_env(REDIS_DB, Q_WORKERS="1")
 
 
 def make_stores() -> list:
