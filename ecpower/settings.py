@@ -229,6 +229,8 @@ SPECTACULAR_SETTINGS = {
         "SegmentKindEnum": "segments.models.SegmentKind.choices",
         "MarketingStateEnum": "ecpower.commerce.models.MarketingState",
         "JobStatusEnum": "integrations.models.SyncJobStatus.choices",  # daily runs share it
+        "SegmentStatusEnum": "segments.models.SegmentStatus.choices",
+        "ListOriginEnum": "segments.models.ListOrigin.choices",
     },
 }
 

@@ -15,7 +15,7 @@ from metrics.api import (
     SegmentMetricsActions,
     StoreMetricsActions,
 )
-from segments.api import SegmentViewSet
+from segments.api import ListSegmentViewSet, SegmentViewSet
 
 
 class StoreWithMetricsViewSet(StoreMetricsActions, StoreViewSet):
@@ -32,6 +32,7 @@ router.register("stores", StoreWithMetricsViewSet, basename="store")
 router.register("customers", CustomerViewSet, basename="customer")
 router.register("orders", OrderViewSet, basename="order")
 router.register("segments", SegmentWithMetricsViewSet, basename="segment")
+router.register("lists", ListSegmentViewSet, basename="list")
 router.register("sync-jobs", SyncJobViewSet, basename="sync-job")
 router.register("journeys", JourneyViewSet, basename="journey")
 router.register("campaigns", CampaignViewSet, basename="campaign")

@@ -17,7 +17,8 @@ from ecpower.commerce.models import ApiKeyScope, StoreMembership, StoreRole
 from ecpower.commerce.services import customer_facts_refresh
 from integrations.models import SyncJob, SyncJobKind, SyncJobStatus
 from metrics.models import Campaign, Journey, PipelineRun
-from segments.models import Segment
+from segments.lists import list_create_from_segment
+from segments.models import Segment, SegmentKind
 from segments.services import segment_create, segment_recompute
 from tests.factories import CustomerFactory, OrderFactory, StoreFactory
 
@@ -41,6 +42,8 @@ def make_store(domain: str):
     Campaign.objects.create(store=store, name="spring", starts_on="2025-03-01", ends_on="2025-03-31").segments.add(
         segment)
     PipelineRun.objects.create(store=store, date="2025-03-01")
+    segment.refresh_from_db()
+    list_create_from_segment(source=segment, name="VIP frozen", slug="vip-frozen")
     return store
 
 
@@ -73,7 +76,7 @@ def test_a_key_sees_only_its_store(stores):
     a, b = stores
     _key, raw = api_key_create(store=a, name="tool")
     client = client_with(raw)
-    for name in ("store", "customer", "order", "segment", "sync-job", "journey", "campaign", "daily-run"):
+    for name in ("store", "customer", "order", "segment", "sync-job", "journey", "campaign", "daily-run", "list"):
         body = client.get(reverse(f"{name}-list")).json()
         stores_seen = {row.get("store", row["id"] if name == "store" else None) for row in body["results"]}
         assert stores_seen == {a.pk}, name
@@ -85,6 +88,7 @@ def _object_of(basename: str, store):
     return {"store": store, "customer": Customer.objects.filter(store=store).first(),
             "order": Order.objects.filter(store=store).first(),
             "segment": Segment.objects.filter(store=store).first(),
+            "list": Segment.objects.get(store=store, kind=SegmentKind.LIST),
             "sync-job": SyncJob.objects.filter(store=store).first(),
             "journey": Journey.objects.get(store=store), "campaign": Campaign.objects.get(store=store),
             "daily-run": PipelineRun.objects.get(store=store)}[basename]
@@ -100,7 +104,7 @@ def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
         if "pk" not in pattern.pattern.regex.groupindex or pattern.name.endswith("-format"):
             continue
         basename = next(b for b in ("sync-job", "store", "customer", "order", "segment", "journey", "campaign",
-                                    "daily-run") if pattern.name.startswith(b + "-"))
+                                    "daily-run", "list") if pattern.name.startswith(b + "-"))
         url = reverse(pattern.name, kwargs={"pk": _object_of(basename, b).pk})
         for method in ("get", "post", "put", "patch", "delete"):
             response = getattr(client, method)(url, {}, format="json")
@@ -109,7 +113,7 @@ def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
                 walked += 1
                 assert response.json()["error"]["code"] in ("not_found", "permission_denied")
     assert walked >= 30
-    assert Segment.objects.filter(store=b).count() == 1
+    assert Segment.objects.filter(store=b).count() == 2
     assert Journey.objects.get(store=b).stages.count() == 1 and Campaign.objects.filter(store=b).count() == 1
 
 
@@ -198,7 +202,7 @@ def test_customer_filters_and_detail_with_segments(stores):
     assert client.get(reverse("customer-list"), {"tag": "none"}).json()["results"] == []
     assert len(client.get(reverse("customer-list"), {"segment": "vip"}).json()["results"]) == 1
     detail = client.get(reverse("customer-detail", kwargs={"pk": customer.pk})).json()
-    assert detail["tags"] == ["vip"] and [s["slug"] for s in detail["segments"]] == ["vip"]
+    assert detail["tags"] == ["vip"] and sorted(s["slug"] for s in detail["segments"]) == ["vip", "vip-frozen"]
 
 
 def test_openapi_schema_validates_without_warnings(db):
