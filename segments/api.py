@@ -46,6 +46,8 @@ class SegmentSerializer(serializers.ModelSerializer):
     query = serializers.CharField(required=False, allow_blank=False,
                                   help_text="The rule in the query language (docs/segments.md).")
     rule = serializers.JSONField(required=False, help_text="The rule tree, instead of query.")
+    list_origin = serializers.ChoiceField(choices=ListOrigin.choices, allow_blank=True, read_only=True,
+                                          help_text="What a list was made from; empty for condition segments.")
 
     class Meta:
         model = Segment

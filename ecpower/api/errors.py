@@ -50,6 +50,8 @@ def exception_handler(exc, context):
         return error_response(400, "invalid_query" if query_problem else "invalid", str(exc),
                               [{"field": p.path, "message": p.message, "line": p.line, "column": p.column}
                                for p in exc.problems])
+    if isinstance(exc, OverflowError):  # a number too large for the database (SQLite refuses it early)
+        return error_response(400, "invalid", _("A number in the request is out of range."))
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
