@@ -10,6 +10,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from ecpower.admin_access import OWNER_ONLY, StoreScopedAdmin, writable_stores
 from integrations.http import PartnerError
 from integrations.jobs import import_start
 from integrations.models import AppliedTag, ShopifyConnection, SyncJob, SyncJobStatus, TagOperation, WebhookDelivery
@@ -47,7 +48,8 @@ class ShopifyConnectionForm(forms.ModelForm):
 
 
 @admin.register(ShopifyConnection)
-class ShopifyConnectionAdmin(admin.ModelAdmin):
+class ShopifyConnectionAdmin(StoreScopedAdmin):
+    write_roles = OWNER_ONLY
     form = ShopifyConnectionForm
     list_display = ("store", "method", "connected", "api_version", "answered_version", "imported_until")
     list_select_related = ("store",)
@@ -77,7 +79,7 @@ class ShopifyConnectionAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
     def _start(self, request, queryset, full: bool):
-        for link in queryset.select_related("store"):
+        for link in queryset.filter(store__in=writable_stores(request)).select_related("store"):
             try:
                 job = import_start(store=link.store, full=full, user=request.user)
             except PartnerError as exc:
@@ -86,17 +88,17 @@ class ShopifyConnectionAdmin(admin.ModelAdmin):
             url = reverse("admin:integrations_syncjob_change", args=[job.pk])
             self.message_user(request, format_html(_('Import queued: <a href="{}">follow its progress</a>.'), url))
 
-    @admin.action(description=_("Import changes from Shopify"))
+    @admin.action(description=_("Import changes from Shopify"), permissions=["change"])
     def import_changes(self, request, queryset):
         self._start(request, queryset, full=False)
 
-    @admin.action(description=_("Import everything from Shopify (bulk)"))
+    @admin.action(description=_("Import everything from Shopify (bulk)"), permissions=["change"])
     def import_everything(self, request, queryset):
         self._start(request, queryset, full=True)
 
 
 @admin.register(SyncJob)
-class SyncJobAdmin(admin.ModelAdmin):
+class SyncJobAdmin(StoreScopedAdmin):
     list_display = ("created_at", "store", "kind", "segment", "dry_run", "status", "progress_bar", "created_by")
     list_filter = ("store", "kind", "status", "dry_run")
     list_select_related = ("store", "segment", "created_by")
@@ -147,8 +149,8 @@ class SyncJobAdmin(admin.ModelAdmin):
         return format_html('<progress max="100" value="{}"></progress> {}', obj.percent, label)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
+class ReadOnlyAdmin(StoreScopedAdmin):
+    def has_add_permission(self, request, *args):
         return False
 
     def has_change_permission(self, request, obj=None):

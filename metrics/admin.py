@@ -7,20 +7,21 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from ecpower.admin_access import StoreScopedAdmin, StoreScopedInline
 from integrations.models import SyncJob
 from metrics.admin_views import MetricsAdminViews
 from metrics.models import Campaign, Journey, JourneyStage, PipelineRun, SegmentSnapshot
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
+class ReadOnlyAdmin(StoreScopedAdmin):
+    def has_add_permission(self, request, *args):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
 
 
-class RunJobInline(admin.TabularInline):
+class RunJobInline(StoreScopedInline, admin.TabularInline):
     model = SyncJob
     fk_name = "pipeline_run"
     fields = ("link", "kind", "segment", "status", "stage", "done", "total", "failed", "error")
@@ -58,14 +59,14 @@ class SegmentSnapshotAdmin(MetricsAdminViews, ReadOnlyAdmin):
     date_hierarchy = "date"
 
 
-class JourneyStageInline(admin.TabularInline):
+class JourneyStageInline(StoreScopedInline, admin.TabularInline):
     model = JourneyStage
     fields = ("position", "segment")
     extra = 3
 
 
 @admin.register(Journey)
-class JourneyAdmin(admin.ModelAdmin):
+class JourneyAdmin(StoreScopedAdmin):
     list_display = ("name", "store", "stage_names", "transitions")
     list_filter = ("store",)
     inlines = (JourneyStageInline,)
@@ -81,7 +82,7 @@ class JourneyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(StoreScopedAdmin):
     list_display = ("name", "store", "starts_on", "ends_on", "results")
     list_filter = ("store",)
     filter_horizontal = ("segments",)

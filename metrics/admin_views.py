@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from ecpower.admin_access import admin_stores, require_write, scoped, scoped_object_or_404
 from ecpower.commerce.models import Store
 from metrics import charts, insights
 from metrics.models import Campaign, Journey, SegmentSnapshot
@@ -93,10 +94,11 @@ class MetricsAdminViews:
     # A segment's metrics ------------------------------------------------------------------------
 
     def segment_view(self, request: HttpRequest, pk: int):
-        segment = get_object_or_404(Segment.objects.select_related("store"), pk=pk)
+        segment = scoped_object_or_404(request, Segment.objects.select_related("store"), pk=pk)
         if request.method == "POST":
             from metrics.tasks import backfill_start
 
+            require_write(request, segment.store_id)
             job = backfill_start(store=segment.store, segment=segment, user=request.user)
             self.message_user(request, _("Rebuilding the history of %(name)s.") % {"name": segment.name},
                               messages.SUCCESS)
@@ -120,9 +122,10 @@ class MetricsAdminViews:
 
     def compare_view(self, request: HttpRequest):
         ids = [int(i) for i in request.GET.getlist("ids") + request.GET.get("id", "").split(",") if str(i).isdigit()]
-        chosen = list(Segment.objects.filter(pk__in=ids).select_related("store").order_by("name"))
-        store = chosen[0].store if chosen else Store.objects.filter(pk=request.GET.get("store") or None).first()
-        store = store or Store.objects.first()
+        chosen = list(scoped(request, Segment.objects.filter(pk__in=ids)).select_related("store").order_by("name"))
+        stores = admin_stores(request).order_by("name")
+        store = chosen[0].store if chosen else stores.filter(pk=request.GET.get("store") or None).first()
+        store = store or stores.first()
         chosen = [s for s in chosen if store and s.store_id == store.pk]
         kpi = request.GET.get("kpi") if request.GET.get("kpi") in charts.KPIS else "members"
         since, until = _date(request, "since"), _date(request, "until")
@@ -134,7 +137,7 @@ class MetricsAdminViews:
         query = request.GET.copy()
         query["format"] = "csv"
         context = self._context(
-            request, _("Compare segments"), chart_data=data, store=store, stores=Store.objects.all(),
+            request, _("Compare segments"), chart_data=data, store=store, stores=stores,
             segments=Segment.objects.filter(store=store).order_by("kind", "name") if store else [],
             chosen={s.pk for s in chosen}, kpi=kpi, kpis=[(k, str(v)) for k, v in charts.KPIS.items()],
             since=since, until=until, csv_url=f"?{query.urlencode()}" if chosen else "",
@@ -144,7 +147,7 @@ class MetricsAdminViews:
     # Insights ------------------------------------------------------------------------------------
 
     def tags_view(self, request: HttpRequest, pk: int):
-        segment = get_object_or_404(Segment.objects.select_related("store"), pk=pk)
+        segment = scoped_object_or_404(request, Segment.objects.select_related("store"), pk=pk)
         rows = insights.popular_tags(segment)
         table = Table(_("Most common customer tags (top 100)"),
                       [_("Tag"), _("Members with it"), _("Share of members"), _("Customers in store"),
@@ -156,7 +159,7 @@ class MetricsAdminViews:
                                 f"{segment.slug}-tags", segment=segment)
 
     def products_view(self, request: HttpRequest, pk: int):
-        segment = get_object_or_404(Segment.objects.select_related("store"), pk=pk)
+        segment = scoped_object_or_404(request, Segment.objects.select_related("store"), pk=pk)
         header = [_("Product"), _("Orders"), _("Buyers"), _("Units"), _("Revenue")]
         products = Table(_("Top products"), header, [[r["product_name"], r["orders"], r["buyers"], r["units"],
                                                       r["revenue"]] for r in insights.top_products(segment)])
@@ -167,9 +170,11 @@ class MetricsAdminViews:
                                 f"{segment.slug}-products", segment=segment)
 
     def _store_and_segment(self, request) -> tuple[Store | None, Segment | None]:
-        segment = Segment.objects.select_related("store").filter(pk=request.GET.get("segment") or None).first()
-        store = segment.store if segment else Store.objects.filter(pk=request.GET.get("store") or None).first()
-        return store or Store.objects.first(), segment
+        segment = scoped(request, Segment.objects.select_related("store")).filter(
+            pk=request.GET.get("segment") or None).first()
+        stores = admin_stores(request).order_by("name")
+        store = segment.store if segment else stores.filter(pk=request.GET.get("store") or None).first()
+        return store or stores.first(), segment
 
     def cohorts_view(self, request: HttpRequest):
         store, segment = self._store_and_segment(request)
@@ -207,7 +212,7 @@ class MetricsAdminViews:
         return TemplateResponse(request, "admin/metrics/rfm.html", context)
 
     def journey_view(self, request: HttpRequest, pk: int):
-        journey = get_object_or_404(Journey.objects.select_related("store"), pk=pk)
+        journey = scoped_object_or_404(request, Journey.objects.select_related("store"), pk=pk)
         report = insights.journey_transitions(journey, _date(request, "start"), _date(request, "end"))
         names = {s.pk: s.name for s in report.stages} | {insights.OUTSIDE: _("(outside the journey)")}
         keys = [s.pk for s in report.stages] + [insights.OUTSIDE]
@@ -221,7 +226,7 @@ class MetricsAdminViews:
                                 f"journey-{journey.pk}", journey=journey, window=(report.start, report.end))
 
     def campaign_view(self, request: HttpRequest, pk: int):
-        campaign = get_object_or_404(Campaign.objects.select_related("store"), pk=pk)
+        campaign = scoped_object_or_404(request, Campaign.objects.select_related("store"), pk=pk)
         header = [_("Segment"), _("Group"), _("Customers"), _("Buyers"), _("Conversion"), _("Orders"), _("Revenue"),
                   _("Revenue per member"), _("Lift"), _("95 percent interval of the difference")]
         rows = []

@@ -23,7 +23,15 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from ecpower.commerce.models import Customer, Store
+from ecpower.admin_access import (
+    StoreScopedAdmin,
+    admin_stores,
+    require_write,
+    scoped,
+    scoped_object_or_404,
+    writable_stores,
+)
+from ecpower.commerce.models import Customer
 from segments import exports, rules
 from segments.admin_lists import ListSegmentAdminMixin
 from segments.catalogue import catalogue, store_templates
@@ -63,7 +71,7 @@ STATUS_COLOURS = {
 
 
 @admin.register(SegmentGroup)
-class SegmentGroupAdmin(admin.ModelAdmin):
+class SegmentGroupAdmin(StoreScopedAdmin):
     list_display = ("name", "store")
     list_filter = ("store",)
     search_fields = ("name",)
@@ -109,7 +117,7 @@ class ExportForm(forms.Form):
     ])
 
 
-class SegmentAdminBase(admin.ModelAdmin):
+class SegmentAdminBase(StoreScopedAdmin):
     list_display = ("name", "slug", "status_badge", "member_count", "last_computed_at", "duration", "store")
     list_filter = ("store", "status", "groups")
     search_fields = ("name", "slug", "description", "query")
@@ -147,7 +155,7 @@ class SegmentAdminBase(admin.ModelAdmin):
     # Views ---------------------------------------------------------------------------------
 
     def members_view(self, request: HttpRequest, pk: int):
-        segment = get_object_or_404(Segment, pk=pk, kind=self.kind)
+        segment = scoped_object_or_404(request, Segment.objects.all(), pk=pk, kind=self.kind)
         members = segment_members(segment).annotate(in_holdout=Exists(
             Membership.objects.filter(segment=segment, customer=OuterRef("pk"), holdout=True)
         )).order_by("-amount_spent", "id")
@@ -171,7 +179,7 @@ class SegmentAdminBase(admin.ModelAdmin):
     def export_view(self, request: HttpRequest):
         """The export form for ``?ids=1,2``; submitting it downloads the CSV, streamed."""
         ids = [int(i) for i in request.GET.get("ids", "").split(",") if i.strip().isdigit()]
-        segments = list(Segment.objects.filter(pk__in=ids).select_related("store").order_by("name"))
+        segments = list(scoped(request, Segment.objects.filter(pk__in=ids)).select_related("store").order_by("name"))
         if not segments:
             self.message_user(request, gettext("Choose the segments to export."), messages.WARNING)
             return redirect(reverse(self._url_name("changelist")))
@@ -219,8 +227,17 @@ class SegmentAdminBase(admin.ModelAdmin):
 
     # Actions -------------------------------------------------------------------------------
 
-    @admin.action(description=_("Snapshot selected to lists"))
+    def _writable(self, request, queryset):
+        """The selected segments of stores the user may change; says so when some were left out."""
+        allowed = queryset.filter(store__in=writable_stores(request))
+        if allowed.count() < queryset.count():
+            self.message_user(request, gettext("Segments of stores you may only view were left out."),
+                              messages.WARNING)
+        return allowed
+
+    @admin.action(description=_("Snapshot selected to lists"), permissions=["change"])
     def snapshot_selected(self, request, queryset):
+        queryset = self._writable(request, queryset)
         stamp = timezone.localtime().strftime("%Y%m%d")
         made = []
         for segment in queryset.select_related("store"):
@@ -235,9 +252,11 @@ class SegmentAdminBase(admin.ModelAdmin):
             self.message_user(request, gettext("%(n)d lists made: %(names)s.")
                               % {"n": len(made), "names": ", ".join(m.name for m in made)}, messages.SUCCESS)
 
-    @admin.action(description=_("Combine selected into a list"))
+    @admin.action(description=_("Combine selected into a list"), permissions=["change"])
     def combine_selected(self, request, queryset):
-        chosen = list(queryset.order_by("slug"))
+        chosen = list(self._writable(request, queryset).order_by("slug"))
+        if not chosen:
+            return None
         if len({s.store_id for s in chosen}) > 1:
             self.message_user(request, gettext("Combine segments of one store at a time."), messages.ERROR)
             return None
@@ -249,7 +268,7 @@ class SegmentAdminBase(admin.ModelAdmin):
         from integrations.http import PartnerError
         from integrations.jobs import tag_sync_start
 
-        for segment in queryset.select_related("store"):
+        for segment in self._writable(request, queryset).select_related("store"):
             try:
                 job = tag_sync_start(segment=segment, user=request.user, **kwargs)
             except PartnerError as exc:
@@ -259,15 +278,15 @@ class SegmentAdminBase(admin.ModelAdmin):
             self.message_user(request, format_html(gettext('{}: job queued, <a href="{}">follow its progress</a>.'),
                                                    segment.name, url), messages.SUCCESS)
 
-    @admin.action(description=_("Push tag to Shopify"))
+    @admin.action(description=_("Push tag to Shopify"), permissions=["change"])
     def tag_sync_selected(self, request, queryset):
         self._tag_jobs(request, queryset)
 
-    @admin.action(description=_("Preview tag changes (dry run)"))
+    @admin.action(description=_("Preview tag changes (dry run)"), permissions=["change"])
     def tag_dry_run_selected(self, request, queryset):
         self._tag_jobs(request, queryset, dry_run=True)
 
-    @admin.action(description=_("Remove tag from Shopify"))
+    @admin.action(description=_("Remove tag from Shopify"), permissions=["change"])
     def tag_remove_selected(self, request, queryset):
         self._tag_jobs(request, queryset, remove=True)
 
@@ -309,7 +328,7 @@ class ConditionSegmentAdmin(SegmentAdminBase):
     def get_changeform_initial_data(self, request):
         initial = super().get_changeform_initial_data(request)
         if "store" not in initial:
-            first = Store.objects.order_by("pk").first()
+            first = writable_stores(request).order_by("pk").first()
             if first:
                 initial["store"] = first.pk
         return initial
@@ -357,7 +376,7 @@ class ConditionSegmentAdmin(SegmentAdminBase):
         """POST store + query (or JSON rule) → problems, or count, sample, canonical query and tree."""
         if request.method != "POST":
             return JsonResponse({"error": "POST a store and a query"}, status=405)
-        store = Store.objects.filter(pk=request.POST.get("store") or 0).first()
+        store = admin_stores(request).filter(pk=request.POST.get("store") or 0).first()
         if store is None:
             return JsonResponse({"ok": False, "problems": [{"message": gettext("Choose a store first.")}]})
         slug = request.POST.get("slug", "")
@@ -382,7 +401,7 @@ class ConditionSegmentAdmin(SegmentAdminBase):
         })
 
     def templates_view(self, request: HttpRequest):
-        stores = Store.objects.order_by("name")
+        stores = writable_stores(request).order_by("name")
         store = stores.filter(pk=request.POST.get("store") or request.GET.get("store") or 0).first() or stores.first()
         if request.method == "POST" and store is not None:
             wanted = request.POST.getlist("template")
@@ -404,7 +423,7 @@ class ConditionSegmentAdmin(SegmentAdminBase):
         return TemplateResponse(request, "admin/segments/segment_templates.html", context)
 
     def explain_view(self, request: HttpRequest, pk: int, customer_id: int):
-        segment = get_object_or_404(Segment, pk=pk, kind=SegmentKind.CONDITION)
+        segment = scoped_object_or_404(request, Segment.objects.all(), pk=pk, kind=SegmentKind.CONDITION)
         customer = get_object_or_404(Customer, pk=customer_id, store_id=segment.store_id)
         explanation = segment_explain(store=segment.store, tree=segment.rule, customer=customer)
         context = {
@@ -419,8 +438,9 @@ class ConditionSegmentAdmin(SegmentAdminBase):
         return TemplateResponse(request, "admin/segments/segment_explain.html", context)
 
     def recompute_view(self, request: HttpRequest, pk: int):
-        segment = get_object_or_404(Segment, pk=pk)
+        segment = scoped_object_or_404(request, Segment.objects.all(), pk=pk)
         if request.method == "POST":
+            require_write(request, segment.store_id)
             segment_recompute_enqueue(segment)
             self.message_user(request, gettext("Recompute of %(name)s queued.") % {"name": segment.name})
         return redirect(reverse("admin:segments_conditionsegment_change", args=[segment.pk]))
@@ -441,14 +461,16 @@ class ConditionSegmentAdmin(SegmentAdminBase):
 
     # Actions -------------------------------------------------------------------------------
 
-    @admin.action(description=_("Recompute selected segments"))
+    @admin.action(description=_("Recompute selected segments"), permissions=["change"])
     def recompute_selected(self, request, queryset):
+        queryset = self._writable(request, queryset)
         for segment in queryset:
             segment_recompute_enqueue(segment)
         self.message_user(request, gettext("%(n)d recomputes queued.") % {"n": queryset.count()})
 
-    @admin.action(description=_("Duplicate selected segments"))
+    @admin.action(description=_("Duplicate selected segments"), permissions=["change"])
     def duplicate_selected(self, request, queryset):
+        queryset = self._writable(request, queryset)
         for segment in queryset:
             copy = segment_duplicate(segment=segment, user=request.user)
             segment_recompute_enqueue(copy)
@@ -464,7 +486,7 @@ class ListSegmentAdmin(ListSegmentAdminMixin, SegmentAdminBase):
 
 
 @admin.register(MembershipEvent)
-class MembershipEventAdmin(admin.ModelAdmin):
+class MembershipEventAdmin(StoreScopedAdmin):
     list_display = ("date", "kind", "segment", "customer")
     list_filter = ("kind", "segment__store", "segment")
     search_fields = ("customer__email",)

@@ -18,6 +18,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from ecpower.admin_access import admin_stores, scoped_object_or_404, writable_stores
 from ecpower.commerce.models import Store
 from ecpower.commerce.shopify_csv import CsvFileError
 from segments import exports, rules, set_expressions
@@ -86,6 +87,14 @@ class ListMakeForm(forms.Form):
     seed = forms.IntegerField(label=_("Holdout seed"), required=False, min_value=0,
                               help_text=_("The same seed and members give the same holdout; left empty, one is "
                                           "drawn and stored."))
+
+    def __init__(self, *args, stores=None, **kwargs):
+        """``stores``: the stores the user may make lists in (the choices are limited to them)."""
+        super().__init__(*args, **kwargs)
+        if stores is not None:
+            self.fields["store"].queryset = stores.order_by("name")
+            for name in ("source", "any_of", "all_of", "minus"):
+                self.fields[name].queryset = Segment.objects.filter(store__in=stores).order_by("name")
 
     def clean(self):
         cleaned = super().clean()
@@ -207,7 +216,7 @@ class ListSegmentAdminMixin:
         if not self.has_add_permission(request):
             raise PermissionDenied
         if request.method == "POST":
-            form = ListMakeForm(request.POST, request.FILES)
+            form = ListMakeForm(request.POST, request.FILES, stores=writable_stores(request))
             if form.is_valid():
                 try:
                     made = form.make(request.user)
@@ -227,9 +236,9 @@ class ListSegmentAdminMixin:
             if "source" in request.GET:
                 initial["source"] = request.GET["source"]
             if "store" not in initial:
-                first = Store.objects.order_by("pk").first()
+                first = writable_stores(request).order_by("pk").first()
                 initial["store"] = first.pk if first else None
-            form = ListMakeForm(initial=initial)
+            form = ListMakeForm(initial=initial, stores=writable_stores(request))
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -244,7 +253,7 @@ class ListSegmentAdminMixin:
         """POST the make-a-list form (without the file) → the members it would have, or the problems."""
         if request.method != "POST":
             return JsonResponse({"error": "POST the form"}, status=405)
-        store = Store.objects.filter(pk=request.POST.get("store") or 0).first()
+        store = admin_stores(request).filter(pk=request.POST.get("store") or 0).first()
         if store is None:
             return JsonResponse({"ok": False, "problems": [{"message": gettext("Choose a store first.")}]})
         origin = request.POST.get("origin")
@@ -284,7 +293,7 @@ class ListSegmentAdminMixin:
         return JsonResponse({"ok": True, "count": count, "held_out": held, "definition": text})
 
     def match_report_view(self, request: HttpRequest, pk: int):
-        segment = get_object_or_404(Segment, pk=pk, kind=SegmentKind.LIST)
+        segment = scoped_object_or_404(request, Segment.objects.all(), pk=pk, kind=SegmentKind.LIST)
         upload = get_object_or_404(ListUpload, segment=segment)
         response = HttpResponse(exports.match_report_csv(upload).encode("utf-8-sig"),
                                 content_type="text/csv; charset=utf-8")

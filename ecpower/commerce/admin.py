@@ -8,6 +8,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from ecpower.admin_access import OWNER_ONLY, StoreScopedAdmin, StoreScopedInline, writable_stores
 from ecpower.commerce.access import api_key_create, api_key_revoke
 from ecpower.commerce.models import (
     ApiKey,
@@ -27,7 +28,13 @@ from ecpower.commerce.tasks import csv_import_enqueue
 
 
 @admin.register(Store)
-class StoreAdmin(admin.ModelAdmin):
+class StoreAdmin(StoreScopedAdmin):
+    store_lookup = "pk"
+    write_roles = OWNER_ONLY
+
+    def has_add_permission(self, request, *args):
+        return request.user.is_superuser  # a store is added once, by the operator
+
     list_display = ("name", "shopify_domain", "time_zone", "currency", "tag_prefix", "created_at")
     search_fields = ("name", "shopify_domain")
     fieldsets = (
@@ -36,13 +43,13 @@ class StoreAdmin(admin.ModelAdmin):
     )
 
 
-class CustomerTagInline(admin.TabularInline):
+class CustomerTagInline(StoreScopedInline, admin.TabularInline):
     model = CustomerTag
     fields = ("name",)
     extra = 0
 
 
-class CustomerOrderInline(admin.TabularInline):
+class CustomerOrderInline(StoreScopedInline, admin.TabularInline):
     model = Order
     fields = ("name", "created_at", "ordinal", "total", "refunded_amount", "financial_status", "cancelled_at", "discount_code", "source_name")
     readonly_fields = fields
@@ -56,7 +63,7 @@ class CustomerOrderInline(admin.TabularInline):
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(StoreScopedAdmin):
     list_display = ("display_name", "email", "province_code", "orders_count", "amount_spent", "last_order_at", "email_marketing", "store")
     list_filter = ("store", "email_marketing", "sms_marketing", "country_code", "province_code")
     search_fields = ("email", "first_name", "last_name", "phone", "=shopify_id")
@@ -77,7 +84,7 @@ class CustomerAdmin(admin.ModelAdmin):
         return str(obj)
 
 
-class LineItemInline(admin.TabularInline):
+class LineItemInline(StoreScopedInline, admin.TabularInline):
     model = LineItem
     fields = ("position", "title", "sku", "product", "product_type", "vendor", "quantity", "unit_price", "discount")
     readonly_fields = fields
@@ -89,7 +96,7 @@ class LineItemInline(admin.TabularInline):
 
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(StoreScopedAdmin):
     list_display = ("name", "customer", "created_at", "ordinal", "total", "refunded_amount", "financial_status", "cancelled_at", "source_name", "store")
     list_filter = ("store", "financial_status", "test", "source_name", "utm_campaign")
     search_fields = ("name", "email", "discount_code", "=shopify_id")
@@ -101,20 +108,20 @@ class OrderAdmin(admin.ModelAdmin):
     inlines = (LineItemInline,)
 
 
-class ProductVariantInline(admin.TabularInline):
+class ProductVariantInline(StoreScopedInline, admin.TabularInline):
     model = ProductVariant
     fields = ("position", "sku", "title", "price")
     extra = 0
 
 
-class ProductTagInline(admin.TabularInline):
+class ProductTagInline(StoreScopedInline, admin.TabularInline):
     model = ProductTag
     fields = ("name",)
     extra = 0
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(StoreScopedAdmin):
     list_display = ("title", "handle", "product_type", "vendor", "variant_count", "store")
     list_filter = ("store", "product_type", "vendor")
     search_fields = ("title", "handle", "variants__sku")
@@ -152,7 +159,7 @@ class CsvImportForm(forms.ModelForm):
 
 
 @admin.register(CsvImport)
-class CsvImportAdmin(admin.ModelAdmin):
+class CsvImportAdmin(StoreScopedAdmin):
     form = CsvImportForm
     list_display = ("created_at", "store", "status", "progress_bar", "created_by")
     list_filter = ("store", "status")
@@ -186,7 +193,8 @@ class CsvImportAdmin(admin.ModelAdmin):
 
 
 @admin.register(StoreMembership)
-class StoreMembershipAdmin(admin.ModelAdmin):
+class StoreMembershipAdmin(StoreScopedAdmin):
+    write_roles = OWNER_ONLY
     list_display = ("user", "store", "role")
     list_filter = ("store", "role")
     search_fields = ("user__username", "user__email")
@@ -200,10 +208,11 @@ class ApiKeyForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(StoreScopedAdmin):
     """Keys are made here and shown once, in the message after saving; only a hash is kept."""
 
     form = ApiKeyForm
+    write_roles = OWNER_ONLY
     list_display = ("name", "store", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
     list_filter = ("store", "scope")
     search_fields = ("name", "prefix")
@@ -227,8 +236,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(request, gettext("Copy this key now; it is not shown again: %(key)s") % {"key": raw},
                           messages.WARNING)
 
-    @admin.action(description=_("Revoke selected keys"))
+    @admin.action(description=_("Revoke selected keys"), permissions=["change"])
     def revoke_selected(self, request, queryset):
+        queryset = queryset.filter(store__in=writable_stores(request, OWNER_ONLY))
         for key in queryset:
             api_key_revoke(key=key)
         self.message_user(request, gettext("%(n)d keys revoked.") % {"n": queryset.count()})
