@@ -207,3 +207,23 @@ class SnapshotCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.segment_id} @ {self.date}"
+
+
+class SnapshotLock(models.Model):
+    """Held while a store's snapshots are written, so a backfill and a daily run never write at once.
+
+    A holder refreshes ``heartbeat_at`` every day it records; one silent for ``STALE_AFTER`` (its
+    worker died) is taken over.
+    """
+
+    store = models.OneToOneField(Store, on_delete=models.CASCADE, primary_key=True, related_name="+",
+                                 verbose_name=_("store"))
+    holder = models.CharField(_("holder"), max_length=100)
+    heartbeat_at = models.DateTimeField(_("last progress"))
+
+    class Meta:
+        verbose_name = _("snapshot lock")
+        verbose_name_plural = _("snapshot locks")
+
+    def __str__(self) -> str:
+        return f"{self.store_id}: {self.holder}"

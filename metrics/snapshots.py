@@ -20,16 +20,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Min
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Order, Store
-from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotMember, SnapshotSource
+from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotLock, SnapshotMember, SnapshotSource
 from segments import rules
 from segments.models import Membership, Segment, SegmentKind, SegmentVersion
 from segments.selectors import dependency_order, evaluation_context, store_today
@@ -89,6 +95,68 @@ def snapshot_days(since: dt.date, until: dt.date, daily_days: int = DAILY_WINDOW
     return days[::-1]
 
 
+# --- the store's snapshot lock ------------------------------------------------------------------------
+
+LOCK_STALE_AFTER = dt.timedelta(minutes=15)
+LOCK_WAIT = dt.timedelta(minutes=30)
+
+
+class SnapshotsBusy(Exception):
+    """Another worker has been writing this store's snapshots for longer than we wait."""
+
+
+@contextmanager
+def store_lock(store: Store, *, wait: dt.timedelta = LOCK_WAIT, poll_seconds: float = 2.0):
+    """Hold the store's snapshot lock (waiting up to ``wait`` for another holder); re-entrant.
+
+    A backfill and the daily run's snapshot step both rebuild histories; written at once they
+    would do the work twice and, on PostgreSQL, collide on the same day's rows.
+    """
+    held = _held_here()
+    if store.pk in held:
+        yield
+        return
+    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"[:100]
+    deadline = time.monotonic() + wait.total_seconds()
+    while not _acquire(store, holder):
+        if time.monotonic() > deadline:
+            raise SnapshotsBusy(_("Another job is writing the snapshots of %(store)s.") % {"store": store})
+        time.sleep(poll_seconds)
+    held.add(store.pk)
+    try:
+        yield
+    finally:
+        held.discard(store.pk)
+        SnapshotLock.objects.filter(store=store, holder=holder).delete()
+
+
+_local = threading.local()
+
+
+def _held_here() -> set[int]:
+    """Stores whose lock this thread holds (so nested entry points do not wait for themselves)."""
+    if not hasattr(_local, "stores"):
+        _local.stores = set()
+    return _local.stores
+
+
+def _acquire(store: Store, holder: str) -> bool:
+    now = timezone.now()
+    if SnapshotLock.objects.filter(store=store, heartbeat_at__lt=now - LOCK_STALE_AFTER).update(
+            holder=holder, heartbeat_at=now):
+        return True  # its holder died: taken over
+    try:
+        with transaction.atomic():
+            SnapshotLock.objects.create(store=store, holder=holder, heartbeat_at=now)
+        return True
+    except IntegrityError:
+        return False
+
+
+def _lock_heartbeat(store: Store) -> None:
+    SnapshotLock.objects.filter(store=store).update(heartbeat_at=timezone.now())
+
+
 # --- entry points ---------------------------------------------------------------------------------
 
 
@@ -99,6 +167,11 @@ def history_rebuild(*, store: Store, segments: Iterable[Segment] | None = None, 
     Replaces their snapshots in that range (a changed rule gets a history that matches it) and
     leaves their members as of ``until`` for the next daily run.
     """
+    with store_lock(store):
+        return _history_rebuild(store, segments, since, until, progress)
+
+
+def _history_rebuild(store, segments, since, until, progress) -> SnapshotResult:
     until = until or last_closed_day(store)
     chosen = _segments(store, segments)
     conditions = [s for s in chosen if s.kind == SegmentKind.CONDITION]
@@ -129,6 +202,11 @@ def snapshots_update(*, store: Store, until: dt.date | None = None, progress: Pr
     Segments with snapshots continue from their last day (a run missed while down is caught up
     here, day by day); segments without (new, or a crashed backfill) get their history rebuilt.
     """
+    with store_lock(store):
+        return _snapshots_update(store, until, progress)
+
+
+def _snapshots_update(store, until, progress) -> SnapshotResult:
     until = until or last_closed_day(store)
     segments = _segments(store, None)
     versions = rule_versions(segments)
@@ -164,6 +242,11 @@ def snapshot_day(*, store: Store, day: dt.date, progress: Progress | None = None
 
     The members kept for the next daily run move only when ``day`` is past their cursor.
     """
+    with store_lock(store):
+        return _snapshot_day(store, day, progress)
+
+
+def _snapshot_day(store, day, progress) -> SnapshotResult:
     segments = _segments(store, None)
     result = SnapshotResult()
     _walk(store, segments, [day], seed=day - dt.timedelta(days=1), source=SnapshotSource.DAILY, result=result,
@@ -244,6 +327,7 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
                 cursor.execute(f"INSERT INTO {PREVIOUS} (segment_id, customer_id) "
                                f"SELECT segment_id, customer_id FROM {CURRENT}")
         previous_day = day
+        _lock_heartbeat(store)
         result.days += 1
         result.first = min(filter(None, [result.first, day]))
         result.last = max(filter(None, [result.last, day]))

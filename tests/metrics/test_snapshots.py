@@ -136,3 +136,25 @@ def test_deleting_a_stores_data_drops_its_metric_history_too(shop):
     snapshots_update(store=store, until=dt.date(2025, 3, 11))  # no customers left: one empty day, no history
     assert set(SegmentSnapshot.objects.filter(store=store).values_list("date", "members")) == {
         (dt.date(2025, 3, 11), 0)}
+
+
+def test_one_writer_per_store_at_a_time_and_a_dead_holder_is_taken_over(shop):
+    from django.utils import timezone
+
+    from metrics.models import SnapshotLock
+    from metrics.snapshots import SnapshotsBusy, store_lock
+
+    store, _seg, _customers = shop
+    SnapshotLock.objects.create(store=store, holder="other-worker:1", heartbeat_at=timezone.now())
+    with pytest.raises(SnapshotsBusy):
+        with store_lock(store, wait=dt.timedelta(seconds=0.2), poll_seconds=0.05):
+            pass  # pragma: no cover (never entered)
+    with pytest.raises(SnapshotsBusy):  # the engine's entry points wait for it too
+        with store_lock(store, wait=dt.timedelta(seconds=0.1), poll_seconds=0.05):
+            history_rebuild(store=store, since=dt.date(2025, 3, 1), until=dt.date(2025, 3, 2))  # pragma: no cover
+    SnapshotLock.objects.update(heartbeat_at=timezone.now() - dt.timedelta(hours=1))  # its worker died
+    with store_lock(store, wait=dt.timedelta(seconds=1)):
+        assert SnapshotLock.objects.get(store=store).holder != "other-worker:1"
+        history_rebuild(store=store, since=dt.date(2025, 3, 1), until=dt.date(2025, 3, 2))  # re-entrant
+    assert not SnapshotLock.objects.filter(store=store).exists()
+    assert SegmentSnapshot.objects.filter(store=store, date=dt.date(2025, 3, 2)).count() == 3
