@@ -234,6 +234,7 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "integrations.models.SyncJobStatus.choices",  # daily runs share it
         "SegmentStatusEnum": "segments.models.SegmentStatus.choices",
         "ListOriginEnum": "segments.models.ListOrigin.choices",
+        "OutboundEventEnum": "integrations.models.OutboundEvent.choices",
     },
 }
 

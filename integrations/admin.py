@@ -13,7 +13,18 @@ from django.utils.translation import gettext_lazy as _
 from ecpower.admin_access import OWNER_ONLY, StoreScopedAdmin, writable_stores
 from integrations.http import PartnerError
 from integrations.jobs import import_start
-from integrations.models import AppliedTag, ShopifyConnection, SyncJob, SyncJobStatus, TagOperation, WebhookDelivery
+from integrations.models import (
+    AppliedTag,
+    OutboundEvent,
+    ShopifyConnection,
+    SyncJob,
+    SyncJobStatus,
+    TagOperation,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 
 
 class ShopifyConnectionForm(forms.ModelForm):
@@ -180,3 +191,95 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
     list_display = ("received_at", "shop_domain", "topic", "status", "result")
     list_filter = ("topic", "status")
     search_fields = ("event_id", "shop_domain")
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    events = forms.MultipleChoiceField(label=_("events"), choices=OutboundEvent.choices,
+                                       widget=forms.CheckboxSelectMultiple)
+    url = forms.URLField(label=_("URL"), max_length=2000, assume_scheme="https",
+                         help_text=_("HTTPS; http only for 127.0.0.1 or localhost."))
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("store", "name", "url", "events")
+
+    def clean_url(self):
+        from django.core.exceptions import ValidationError
+
+        from integrations.outbound import check_url
+
+        url = self.cleaned_data["url"]
+        try:
+            check_url(url)
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.message_dict["url"]) from exc
+        return url
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    fields = ("attempted_at", "status_code", "duration_ms", "error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(StoreScopedAdmin):
+    """Partner endpoints; the signing secret is shown once, in the message after adding."""
+
+    form = WebhookEndpointForm
+    write_roles = OWNER_ONLY
+    list_display = ("name", "store", "url", "event_list", "state", "consecutive_failures", "created_at")
+    list_filter = ("store",)
+    search_fields = ("name", "url")
+    list_select_related = ("store",)
+    readonly_fields = ("paused_at", "pause_reason", "consecutive_failures", "created_at")
+    actions = ("resume_selected",)
+
+    def get_fields(self, request, obj=None):
+        return ("store", "name", "url", "events") + (self.readonly_fields if obj else ())
+
+    @admin.display(description=_("events"))
+    def event_list(self, obj: WebhookEndpoint) -> str:
+        return ", ".join(obj.events)
+
+    @admin.display(description=_("state"))
+    def state(self, obj: WebhookEndpoint) -> str:
+        return _("Paused") if obj.is_paused else _("Active")
+
+    def save_model(self, request, obj, form, change):
+        from integrations.outbound import webhook_endpoint_create
+
+        if change:
+            return super().save_model(request, obj, form, change)
+        data = form.cleaned_data
+        endpoint, secret = webhook_endpoint_create(store=data["store"], name=data["name"], url=data["url"],
+                                                   events=list(data["events"]))
+        obj.pk, obj.id = endpoint.pk, endpoint.pk
+        self.message_user(request, _("Copy the signing secret now; it is not shown again: %(secret)s")
+                          % {"secret": secret}, messages.WARNING)
+
+    @admin.action(description=_("Resume selected endpoints"), permissions=["change"])
+    def resume_selected(self, request, queryset):
+        from integrations.outbound import webhook_endpoint_resume
+
+        for endpoint in queryset.filter(store__in=writable_stores(request, OWNER_ONLY)):
+            webhook_endpoint_resume(endpoint=endpoint)
+        self.message_user(request, _("Resumed; waiting messages are sent within a minute."))
+
+
+@admin.register(WebhookMessage)
+class WebhookMessageAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "event", "endpoint", "status", "attempts", "next_attempt_at", "last_error")
+    list_filter = ("status", "event", "endpoint__store")
+    list_select_related = ("endpoint",)
+    readonly_fields = ("endpoint", "event", "delivery_id", "status", "attempts", "next_attempt_at", "delivered_at",
+                       "last_error", "payload")
+    inlines = (WebhookAttemptInline,)

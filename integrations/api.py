@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
@@ -11,7 +12,7 @@ from ecpower.api.framework import StoreScopedMixin, request_can_write, request_s
 from ecpower.commerce.models import Store
 from integrations.http import PartnerError
 from integrations.jobs import import_start, tag_sync_start
-from integrations.models import SyncJob, SyncJobKind
+from integrations.models import OutboundEvent, SyncJob, SyncJobKind, WebhookEndpoint, WebhookMessage
 from segments.models import Segment
 
 
@@ -92,3 +93,101 @@ class SyncJobViewSet(StoreScopedMixin, mixins.CreateModelMixin, viewsets.ReadOnl
         params.is_valid(raise_exception=True)
         job = start_job(request, params.validated_data)
         return Response(SyncJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+# --- partner webhooks --------------------------------------------------------------------------------
+
+
+class WebhookEndpointSerializer(serializers.ModelSerializer):
+    store = serializers.PrimaryKeyRelatedField(queryset=Store.objects.none())
+    events = serializers.ListField(child=serializers.ChoiceField(choices=OutboundEvent.choices), min_length=1)
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("id", "store", "name", "url", "events", "paused_at", "pause_reason", "consecutive_failures",
+                  "created_at")
+        read_only_fields = ("paused_at", "pause_reason", "consecutive_failures", "created_at")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            self.fields["store"].queryset = request_stores(request)
+        if self.instance is not None and not isinstance(self.instance, list | tuple):
+            self.fields["store"].read_only = True
+
+    def validate_url(self, url):
+        from django.core.exceptions import ValidationError as DjangoValidationError
+
+        from integrations.outbound import check_url
+
+        try:
+            check_url(url)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict["url"]) from exc
+        return url
+
+
+class WebhookEndpointCreatedSerializer(WebhookEndpointSerializer):
+    secret = serializers.CharField(read_only=True, help_text="The signing secret: shown only in this answer.")
+
+    class Meta(WebhookEndpointSerializer.Meta):
+        fields = (*WebhookEndpointSerializer.Meta.fields, "secret")
+
+
+class WebhookMessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookMessage
+        fields = ("id", "event", "delivery_id", "status", "attempts", "next_attempt_at", "last_error", "created_at",
+                  "delivered_at", "payload")
+        read_only_fields = fields
+
+
+class WebhookEndpointViewSet(StoreScopedMixin, viewsets.ModelViewSet):
+    """Partner endpoints for signed events (docs/webhooks.md). The secret is returned once, on create."""
+
+    queryset = WebhookEndpoint.objects.select_related("store")
+    serializer_class = WebhookEndpointSerializer
+    filterset_fields = ("store",)
+    ordering = ("-id",)
+
+    @extend_schema(request=WebhookEndpointSerializer, responses={201: WebhookEndpointCreatedSerializer})
+    def create(self, request, *args, **kwargs):
+        from integrations.outbound import webhook_endpoint_create
+
+        params = WebhookEndpointSerializer(data=request.data, context={"request": request})
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        if not request_can_write(request, data["store"].pk):
+            raise PermissionDenied()
+        endpoint, secret = webhook_endpoint_create(store=data["store"], name=data["name"], url=data["url"],
+                                                   events=data["events"])
+        endpoint.secret = secret
+        return Response(WebhookEndpointCreatedSerializer(endpoint, context={"request": request}).data,
+                        status=status.HTTP_201_CREATED)
+
+    def perform_update(self, serializer):
+        from integrations.outbound import check_events
+
+        if "events" in serializer.validated_data:
+            serializer.validated_data["events"] = check_events(serializer.validated_data["events"])
+        serializer.save()
+
+    @extend_schema(request=None, responses=WebhookEndpointSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        """Start sending to a paused endpoint again, waiting messages first."""
+        from integrations.outbound import webhook_endpoint_resume
+
+        endpoint = self.get_object()
+        webhook_endpoint_resume(endpoint=endpoint)
+        endpoint.refresh_from_db()
+        return Response(WebhookEndpointSerializer(endpoint, context={"request": request}).data)
+
+    @extend_schema(responses=WebhookMessageSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def messages(self, request, pk=None):
+        """What was sent (or is waiting) to the endpoint, newest first, with attempts and errors."""
+        endpoint = self.get_object()
+        page = self.paginate_queryset(WebhookMessage.objects.filter(endpoint=endpoint).order_by("-id"))
+        return self.get_paginated_response(WebhookMessageSerializer(page, many=True).data)

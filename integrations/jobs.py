@@ -156,6 +156,9 @@ def sync_job_finish(job: SyncJob, status: str, *, summary: dict | None = None, e
     SyncJob.objects.filter(pk=job.pk).update(**fields)
     if notify:
         sync_job_notify(job.pk)
+    from integrations.outbound import job_finished_emit
+
+    job_finished_emit(SyncJob.objects.select_related("store").get(pk=job.pk))
     return status
 
 

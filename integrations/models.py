@@ -235,3 +235,94 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic} {self.event_id}"
+
+
+class OutboundEvent(models.TextChoices):
+    MEMBER_JOINED = "segment.member_joined", _("Customers joined a segment")
+    MEMBER_LEFT = "segment.member_left", _("Customers left a segment")
+    JOB_FINISHED = "sync_job.finished", _("A sync job finished")
+
+
+class WebhookEndpoint(models.Model):
+    """A partner tool's HTTPS endpoint: the events it wants, signed with its own secret."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="webhook_endpoints",
+                              verbose_name=_("store"))
+    name = models.CharField(_("name"), max_length=200, help_text=_("Who receives it, e.g. the LINE messaging tool."))
+    url = models.URLField(_("URL"), max_length=2000, help_text=_("HTTPS; http only for 127.0.0.1 or localhost."))
+    events = models.JSONField(_("events"), default=list, help_text=_("The event types it receives."))
+    secret = EncryptedTextField(_("signing secret"), help_text=_("Stored encrypted; shown once, when made."))
+    paused_at = models.DateTimeField(_("paused at"), null=True, blank=True)
+    pause_reason = models.TextField(_("why paused"), blank=True)
+    consecutive_failures = models.PositiveIntegerField(_("failures in a row"), default=0)
+    # The membership events (MembershipEvent ids) already turned into deliveries: a resumable ledger.
+    membership_cursor = models.BigIntegerField(_("membership events sent up to"), default=0)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("webhook endpoint")
+        verbose_name_plural = _("webhook endpoints")
+        ordering = ["store", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", _("Waiting")
+    DELIVERED = "delivered", _("Delivered")
+    FAILED = "failed", _("Gave up")
+
+
+class WebhookMessage(models.Model):
+    """One event for one endpoint: sent, retried with back-off, given up after the last attempt."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="messages",
+                                 verbose_name=_("endpoint"))
+    event = models.CharField(_("event"), max_length=40, choices=OutboundEvent.choices)
+    delivery_id = models.UUIDField(_("delivery id"), unique=True, help_text=_("Sent as X-Ecpower-Delivery; the "
+                                                                              "same on every retry."))
+    payload = models.JSONField(_("payload"))
+    status = models.CharField(_("status"), max_length=10, choices=DeliveryStatus.choices,
+                              default=DeliveryStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt at"))
+    last_error = models.TextField(_("last error"), blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    delivered_at = models.DateTimeField(_("delivered at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("webhook message")
+        verbose_name_plural = _("webhook messages")
+        ordering = ["-id"]
+        indexes = [
+            # The drain sends an endpoint's due messages in order.
+            models.Index(fields=["endpoint", "status", "next_attempt_at"], name="webhook_message_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.endpoint_id}"
+
+
+class WebhookAttempt(models.Model):
+    """One try at delivering a message: what the endpoint answered, or why it could not."""
+
+    message = models.ForeignKey(WebhookMessage, on_delete=models.CASCADE, related_name="attempt_log",
+                                verbose_name=_("message"))
+    attempted_at = models.DateTimeField(_("attempted at"), auto_now_add=True)
+    status_code = models.PositiveSmallIntegerField(_("HTTP status"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), default=0)
+
+    class Meta:
+        verbose_name = _("webhook attempt")
+        verbose_name_plural = _("webhook attempts")
+        ordering = ["message", "attempted_at"]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} {self.status_code or self.error[:30]}"

@@ -240,7 +240,14 @@ def step_tags(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
 
 
 def step_partners(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
-    raise StepSkipped(_("no partner integration is configured for this store"))
+    from integrations.outbound import store_outbound_push
+
+    webhooks = store_outbound_push(run.store)
+    if not webhooks:
+        raise StepSkipped(_("no partner integration is configured for this store"))
+    failed = webhooks["failed"] + webhooks["retry"]
+    status = SyncJobStatus.PARTIAL if failed or webhooks["paused"] else SyncJobStatus.SUCCEEDED
+    return status, {"webhooks": webhooks}
 
 
 def step_email(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
