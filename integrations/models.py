@@ -326,3 +326,38 @@ class WebhookAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_id} {self.status_code or self.error[:30]}"
+
+
+class MappedAttribute(models.TextChoices):
+    LOYALTY_TIER = "loyalty_tier", _("Loyalty tier")
+    MEMBERSHIP_PLAN = "membership_plan", _("Membership plan")
+    AFFILIATE_GROUP = "affiliate_group", _("Affiliate group")
+    SIGNUP_SOURCE = "signup_source", _("Signup source")
+
+
+class MatchKind(models.TextChoices):
+    PREFIX = "prefix", _("Prefix (the value is the rest of the tag)")
+    REGEX = "regex", _("Regular expression (the value is its first group)")
+
+
+class TagMapping(models.Model):
+    """Reads tags a partner app (AiTrillion) writes to Shopify customers as an attribute with a value.
+
+    ``AIT-Tier-`` as a prefix reads ``AIT-Tier-Gold`` as loyalty tier ``Gold``; the regular expression
+    ``^AIT-Plan-(\\w+)-v\\d$`` reads ``AIT-Plan-Premium-v2`` as plan ``Premium``. Matching ignores case.
+    """
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="tag_mappings", verbose_name=_("store"))
+    attribute = models.CharField(_("attribute"), max_length=20, choices=MappedAttribute.choices)
+    kind = models.CharField(_("match by"), max_length=10, choices=MatchKind.choices, default=MatchKind.PREFIX)
+    pattern = models.CharField(_("pattern"), max_length=255, help_text=_("A prefix such as AIT-Tier-, or a regular "
+                                                                         "expression with one group."))
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("tag mapping")
+        verbose_name_plural = _("tag mappings")
+        ordering = ["store", "attribute", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_attribute_display()}: {self.pattern}"

@@ -99,6 +99,11 @@ FIELDS: dict[str, Spec] = {
     "products_purchased": Spec("function", FUNCTION_OPS),
     "orders_placed": Spec("function", FUNCTION_OPS),
     "rfm_group": Spec("enum", ENUM_OPS, choices=rfm.GROUPS),
+    # Read from partner tags (AiTrillion) by the store's tag mappings (integrations/aitrillion).
+    "loyalty_tier": Spec("string", STRING_OPS, nullable=True),
+    "membership_plan": Spec("string", STRING_OPS, nullable=True),
+    "affiliate_group": Spec("string", STRING_OPS, nullable=True),
+    "signup_source": Spec("string", STRING_OPS, nullable=True),
     "in_segment": Spec("segment", ("=",)),
 }
 
@@ -126,6 +131,7 @@ PARAMS: dict[str, dict[str, Spec]] = {
     },
 }
 AGGREGATE_PARAMS = {"count", "sum_quantity", "sum_amount"}
+MAPPED_ATTRIBUTES = ("loyalty_tier", "membership_plan", "affiliate_group", "signup_source")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,6 +425,8 @@ class EvaluationContext:
     tag_history_start: dt.datetime | None = None
     # What an as-of evaluation had to approximate ("tags_before_history", "tags_without_history").
     notes: set[str] = field(default_factory=set)
+    # attribute → {value: tag names mapping to it}, from the store's tag mappings (partner attributes).
+    tag_values: Callable[[str], dict[str, set[str]]] | None = None
     _stack: list[str] = field(default_factory=list)
 
     @property
@@ -612,8 +620,17 @@ def _compile_condition(node: dict, context: EvaluationContext) -> Q:
         return (equal & has_value) if op == "=" else (~equal & has_value)
 
     if name == "customer_tags":
-        q = Q(pk__in=_tagged(value, context))
+        q = Q(pk__in=_tagged(context, iexact=value))
         return q if op == "contains" else ~q
+
+    if name in MAPPED_ATTRIBUTES:
+        by_value = context.tag_values(name) if context.tag_values else {}
+        has_value = Q(pk__in=_tagged(context, names=set().union(set(), *by_value.values())))
+        if op in ("is_null", "is_not_null"):
+            return ~has_value if op == "is_null" else has_value
+        names = set().union(set(), *(n for v, n in by_value.items() if v.casefold() == str(value).casefold()))
+        equal = Q(pk__in=_tagged(context, names=names))
+        return equal if op == "=" else (has_value & ~equal)
 
     if name == "rfm_group":
         if value == "PROSPECTS":
@@ -654,25 +671,29 @@ def _has_orders(context: EvaluationContext) -> Q:
     return Q(pk__in=_counted_orders(context).values("customer_id"))
 
 
-def _tagged(value: str, context: EvaluationContext) -> QuerySet:
-    """Customer ids carrying the tag: now, or as of the evaluation day from the tag history.
+def _tagged(context: EvaluationContext, *, iexact: str | None = None, names: set[str] | None = None) -> QuerySet:
+    """Customer ids carrying the tag (``iexact``) or one of ``names``: now, or as of the evaluation day
+    from the tag history.
 
     Tag history starts with the store's first import. On a day before it, tags are read as they
     were at the end of the day the history starts; with no history at all, as they are now. Both
     are noted on the context, so snapshots can say they are approximate.
     """
+    which = Q(name__iexact=iexact) if iexact is not None else Q(name__in=sorted(names or ()))
+    if names is not None and not names:
+        return CustomerTag.objects.none().values("customer_id")
     if not context.historical:
-        return CustomerTag.objects.filter(store=context.store, name__iexact=value).values("customer_id")
+        return CustomerTag.objects.filter(which, store=context.store).values("customer_id")
     start = context.tag_history_start
     if start is None:
         context.notes.add("tags_without_history")
-        return CustomerTag.objects.filter(store=context.store, name__iexact=value).values("customer_id")
+        return CustomerTag.objects.filter(which, store=context.store).values("customer_id")
     at = context.cutoff
     if at <= start:
         context.notes.add("tags_before_history")
         at = context.start_of(start.astimezone(context.store.zone).date() + dt.timedelta(days=1))
-    events = CustomerTagEvent.objects.filter(store=context.store, name__iexact=value, occurred_at__lt=at)
-    later = events.filter(customer_id=OuterRef("customer_id")).filter(
+    events = CustomerTagEvent.objects.filter(which, store=context.store, occurred_at__lt=at)
+    later = events.filter(customer_id=OuterRef("customer_id"), name=OuterRef("name")).filter(
         Q(occurred_at__gt=OuterRef("occurred_at")) | Q(occurred_at=OuterRef("occurred_at"), id__gt=OuterRef("id"))
     )
     return events.filter(action=TagEventAction.ADDED).filter(~Exists(later)).values("customer_id")

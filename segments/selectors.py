@@ -42,8 +42,17 @@ def evaluation_context(*, store: Store, as_of: dt.date | None = None) -> rules.E
     history_start = None
     if as_of < today:  # only as-of evaluations read the tag history
         history_start = CustomerTagEvent.objects.filter(store=store).aggregate(start=Min("occurred_at"))["start"]
+    values: dict[str, dict[str, set[str]]] = {}
+
+    def tag_values(attribute: str) -> dict[str, set[str]]:
+        from integrations.aitrillion.mappings import tag_names_by_value
+
+        if attribute not in values:
+            values[attribute] = tag_names_by_value(store, attribute)
+        return values[attribute]
+
     return rules.EvaluationContext(store=store, as_of=as_of, today=today, segment=segment,
-                                   tag_history_start=history_start)
+                                   tag_history_start=history_start, tag_values=tag_values)
 
 
 def segment_exists_checker(store: Store):

@@ -15,8 +15,7 @@ from ecpower.api.urls import router
 from ecpower.commerce.access import api_key_create, api_key_revoke
 from ecpower.commerce.models import ApiKeyScope, StoreMembership, StoreRole
 from ecpower.commerce.services import customer_facts_refresh
-from integrations.models import SyncJob, SyncJobKind, SyncJobStatus
-from integrations.models import WebhookEndpoint
+from integrations.models import SyncJob, SyncJobKind, SyncJobStatus, WebhookEndpoint
 from integrations.outbound import webhook_endpoint_create
 from metrics.models import Campaign, Journey, PipelineRun
 from segments.lists import list_create_from_segment
