@@ -19,6 +19,7 @@ from integrations.models import (
     ShopifyConnection,
     SyncJob,
     SyncJobStatus,
+    TagMapping,
     TagOperation,
     WebhookAttempt,
     WebhookDelivery,
@@ -283,3 +284,58 @@ class WebhookMessageAdmin(ReadOnlyAdmin):
     readonly_fields = ("endpoint", "event", "delivery_id", "status", "attempts", "next_attempt_at", "delivered_at",
                        "last_error", "payload")
     inlines = (WebhookAttemptInline,)
+
+
+@admin.register(TagMapping)
+class TagMappingAdmin(StoreScopedAdmin):
+    """Partner tags read as customer attributes; the form previews a mapping against current tags."""
+
+    list_display = ("attribute", "kind", "pattern", "store", "created_at")
+    list_filter = ("store", "attribute")
+    list_select_related = ("store",)
+    fields = ("store", "attribute", "kind", "pattern")
+    change_form_template = "admin/integrations/tagmapping_change_form.html"
+
+    def get_urls(self):
+        extra = [path("preview/", self.admin_site.admin_view(self.preview_view), name="integrations_tagmapping_preview")]
+        return extra + super().get_urls()
+
+    def preview_view(self, request):
+        from django.core.exceptions import ValidationError
+
+        from ecpower.admin_access import admin_stores
+        from integrations.aitrillion.mappings import mapping_preview
+
+        if request.method != "POST":
+            return JsonResponse({"ok": False, "errors": ["POST store, kind and pattern"]}, status=405)
+        store = admin_stores(request).filter(pk=request.POST.get("store") or 0).first()
+        if store is None:
+            return JsonResponse({"ok": False, "errors": [str(_("Choose a store first."))]})
+        try:
+            preview = mapping_preview(store=store, kind=request.POST.get("kind", ""),
+                                      pattern=request.POST.get("pattern", ""))
+        except ValidationError as exc:
+            return JsonResponse({"ok": False, "errors": [m for ms in exc.message_dict.values() for m in ms]})
+        summary = _("%(with)d of %(all)d customers have a value.") % {"with": preview.customers_with_value,
+                                                                       "all": preview.customers}
+        return JsonResponse({"ok": True, "summary": summary, "values": [
+            {"value": value, "customers": n, "examples": examples} for value, n, examples in preview.values]})
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+
+        class CheckedForm(form):
+            def clean(self):
+                from django.core.exceptions import ValidationError
+
+                from integrations.aitrillion.mappings import compile_pattern
+
+                cleaned = super().clean()
+                if cleaned.get("kind") and cleaned.get("pattern"):
+                    try:
+                        compile_pattern(cleaned["kind"], cleaned["pattern"])
+                    except ValidationError as exc:
+                        self.add_error("pattern", exc.message_dict["pattern"])
+                return cleaned
+
+        return CheckedForm

@@ -118,3 +118,19 @@ def test_a_mapped_attribute_as_of_a_past_day_reads_the_tag_history(tier_history)
                                                                                     "silver@example.jp"}
     assert emails(store, "loyalty_tier = 'Gold'", as_of=dt.date(2025, 6, 10)) == {
         "gold@example.jp", "gold2@example.jp", "plain@example.jp"}
+
+
+def test_the_admin_previews_a_mapping_and_refuses_a_broken_pattern(store, staff_client):
+    from django.urls import reverse
+
+    url = reverse("admin:integrations_tagmapping_preview")
+    result = staff_client.post(url, {"store": store.pk, "kind": "prefix", "pattern": "AIT-Tier-"}).json()
+    assert result["ok"] and result["values"][0] == {"value": "Gold", "customers": 2,
+                                                    "examples": ["AIT-Tier-Gold", "ait-tier-gold"]}
+    assert result["summary"] == "4 of 5 customers have a value."
+    broken = staff_client.post(url, {"store": store.pk, "kind": "regex", "pattern": "("}).json()
+    assert not broken["ok"] and "Not a regular expression" in broken["errors"][0]
+    add = staff_client.post(reverse("admin:integrations_tagmapping_add"),
+                            {"store": store.pk, "attribute": "loyalty_tier", "kind": "regex", "pattern": "AIT-.*"})
+    assert add.status_code == 200 and "Put the value in a group" in add.content.decode()
+    assert TagMapping.objects.count() == 4
