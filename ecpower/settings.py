@@ -235,6 +235,8 @@ SPECTACULAR_SETTINGS = {
         "SegmentStatusEnum": "segments.models.SegmentStatus.choices",
         "ListOriginEnum": "segments.models.ListOrigin.choices",
         "OutboundEventEnum": "integrations.models.OutboundEvent.choices",
+        "MatchKindEnum": "integrations.models.MatchKind.choices",
+        "MappedAttributeEnum": "integrations.models.MappedAttribute.choices",
     },
 }
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 
 from ecpower.api.framework import StoreScopedMixin, request_can_write, request_stores
 from ecpower.commerce.models import Store
 from integrations.http import PartnerError
 from integrations.jobs import import_start, tag_sync_start
-from integrations.models import OutboundEvent, SyncJob, SyncJobKind, WebhookEndpoint, WebhookMessage
+from integrations.models import (
+    MatchKind,
+    OutboundEvent,
+    SyncJob,
+    SyncJobKind,
+    TagMapping,
+    WebhookEndpoint,
+    WebhookMessage,
+)
 from segments.models import Segment
 
 
@@ -191,3 +199,87 @@ class WebhookEndpointViewSet(StoreScopedMixin, viewsets.ModelViewSet):
         endpoint = self.get_object()
         page = self.paginate_queryset(WebhookMessage.objects.filter(endpoint=endpoint).order_by("-id"))
         return self.get_paginated_response(WebhookMessageSerializer(page, many=True).data)
+
+
+# --- partner tag mappings ------------------------------------------------------------------------------
+
+
+class TagMappingSerializer(serializers.ModelSerializer):
+    store = serializers.PrimaryKeyRelatedField(queryset=Store.objects.none())
+
+    class Meta:
+        model = TagMapping
+        fields = ("id", "store", "attribute", "kind", "pattern", "created_at")
+        read_only_fields = ("created_at",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            self.fields["store"].queryset = request_stores(request)
+        if self.instance is not None and not isinstance(self.instance, list | tuple):
+            self.fields["store"].read_only = True
+
+    def validate(self, data):
+        from django.core.exceptions import ValidationError as DjangoValidationError
+
+        from integrations.aitrillion.mappings import compile_pattern
+
+        kind = data.get("kind", getattr(self.instance, "kind", "prefix"))
+        pattern = data.get("pattern", getattr(self.instance, "pattern", ""))
+        try:
+            compile_pattern(kind, pattern)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
+        return data
+
+
+class MappingPreviewRequestSerializer(serializers.Serializer):
+    store = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=MatchKind.choices)
+    pattern = serializers.CharField()
+
+
+class MappingPreviewSerializer(serializers.Serializer):
+    customers = serializers.IntegerField()
+    customers_with_value = serializers.IntegerField()
+    values = serializers.ListField(child=inline_serializer("MappedValue", {
+        "value": serializers.CharField(), "customers": serializers.IntegerField(),
+        "examples": serializers.ListField(child=serializers.CharField())}))
+
+
+class TagMappingViewSet(StoreScopedMixin, viewsets.ModelViewSet):
+    """Rules that read partner tags (AiTrillion) as loyalty tier, membership plan, affiliate group, signup source."""
+
+    queryset = TagMapping.objects.select_related("store")
+    serializer_class = TagMappingSerializer
+    filterset_fields = ("store", "attribute")
+    ordering = ("-id",)
+    read_only_actions = ("preview",)
+
+    def perform_create(self, serializer):
+        if not request_can_write(self.request, serializer.validated_data["store"].pk):
+            raise PermissionDenied()
+        serializer.save()
+
+    @extend_schema(request=MappingPreviewRequestSerializer, responses=MappingPreviewSerializer)
+    @action(detail=False, methods=["post"])
+    def preview(self, request):
+        """What a mapping would read from the store's current tags, without saving it."""
+        from django.core.exceptions import ValidationError as DjangoValidationError
+
+        from integrations.aitrillion.mappings import mapping_preview
+
+        params = MappingPreviewRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        store = request_stores(request).filter(pk=params.validated_data["store"]).first()
+        if store is None:
+            raise NotFound()
+        try:
+            preview = mapping_preview(store=store, kind=params.validated_data["kind"],
+                                      pattern=params.validated_data["pattern"])
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
+        return Response(MappingPreviewSerializer({
+            "customers": preview.customers, "customers_with_value": preview.customers_with_value,
+            "values": [{"value": v, "customers": n, "examples": e} for v, n, e in preview.values]}).data)

@@ -180,8 +180,44 @@ RFM_SCHEMA = inline_serializer("RfmSummary", {
 SEGMENT_PARAM = OpenApiParameter("segment", int, description="Only this segment's members.")
 
 
-class StoreMetricsActions:
-    """Detail actions of /stores/{id}/: cohorts and RFM, of the store or of one segment."""
+MOVEMENT_SCHEMA = inline_serializer("AttributeMovement", {
+    "attribute": serializers.CharField(), "start": serializers.DateTimeField(), "end": serializers.DateTimeField(),
+    "moves": serializers.ListField(child=inline_serializer("AttributeMove", {
+        "source": serializers.CharField(allow_null=True, help_text="The value before; null: none."),
+        "target": serializers.CharField(allow_null=True, help_text="The value after; null: none."),
+        "customers": serializers.IntegerField()}))})
+
+
+class StoreMovementActions:
+    @extend_schema(parameters=[
+        OpenApiParameter("attribute", str, enum=["loyalty_tier", "membership_plan", "affiliate_group",
+                                                 "signup_source"], default="loyalty_tier"),
+        OpenApiParameter("start", dt.date, description="Default: 7 days before end."),
+        OpenApiParameter("end", dt.date, description="Default: today (store time)."),
+    ], responses=MOVEMENT_SCHEMA)
+    @action(detail=True, methods=["get"], url_path="tier-movement")
+    def tier_movement(self, request, pk=None):
+        """How many customers moved from each value of a mapped attribute to each other one (tag history)."""
+        from integrations.aitrillion.mappings import ATTRIBUTES, attribute_movement
+        from segments.selectors import store_today
+
+        store = self.get_object()
+        attribute = request.query_params.get("attribute", "loyalty_tier")
+        if attribute not in ATTRIBUTES:
+            raise ValidationError({"attribute": [f"Choose one of {', '.join(ATTRIBUTES)}."]})
+        end = _date(request, "end") or store_today(store)
+        start = _date(request, "start") or end - dt.timedelta(days=7)
+        movement = attribute_movement(
+            store=store, attribute=attribute,
+            start=dt.datetime.combine(start, dt.time.min, tzinfo=store.zone),
+            end=dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=store.zone))
+        moves = [{"source": a, "target": b, "customers": n}
+                 for (a, b), n in sorted(movement.moves.items(), key=lambda item: -item[1])]
+        return Response({"attribute": attribute, "start": movement.start, "end": movement.end, "moves": moves})
+
+
+class StoreMetricsActions(StoreMovementActions):
+    """Detail actions of /stores/{id}/: cohorts and RFM, of the store or of one segment; tier movement."""
 
     @extend_schema(parameters=[SEGMENT_PARAM, OpenApiParameter("months", int, default=12)], responses=COHORT_SCHEMA)
     @action(detail=True, methods=["get"])

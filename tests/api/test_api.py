@@ -15,7 +15,7 @@ from ecpower.api.urls import router
 from ecpower.commerce.access import api_key_create, api_key_revoke
 from ecpower.commerce.models import ApiKeyScope, StoreMembership, StoreRole
 from ecpower.commerce.services import customer_facts_refresh
-from integrations.models import SyncJob, SyncJobKind, SyncJobStatus, WebhookEndpoint
+from integrations.models import SyncJob, SyncJobKind, SyncJobStatus, TagMapping, WebhookEndpoint
 from integrations.outbound import webhook_endpoint_create
 from metrics.models import Campaign, Journey, PipelineRun
 from segments.lists import list_create_from_segment
@@ -47,6 +47,7 @@ def make_store(domain: str):
     list_create_from_segment(source=segment, name="VIP frozen", slug="vip-frozen")
     webhook_endpoint_create(store=store, name="tool", url="https://partner.example.jp/hook",
                             events=["sync_job.finished"])
+    TagMapping.objects.create(store=store, attribute="loyalty_tier", kind="prefix", pattern="AIT-Tier-")
     return store
 
 
@@ -80,7 +81,7 @@ def test_a_key_sees_only_its_store(stores):
     _key, raw = api_key_create(store=a, name="tool")
     client = client_with(raw)
     for name in ("store", "customer", "order", "segment", "sync-job", "journey", "campaign", "daily-run", "list",
-                 "webhook-endpoint"):
+                 "webhook-endpoint", "tag-mapping"):
         body = client.get(reverse(f"{name}-list")).json()
         stores_seen = {row.get("store", row["id"] if name == "store" else None) for row in body["results"]}
         assert stores_seen == {a.pk}, name
@@ -96,7 +97,8 @@ def _object_of(basename: str, store):
             "sync-job": SyncJob.objects.filter(store=store).first(),
             "journey": Journey.objects.get(store=store), "campaign": Campaign.objects.get(store=store),
             "daily-run": PipelineRun.objects.get(store=store),
-            "webhook-endpoint": WebhookEndpoint.objects.get(store=store)}[basename]
+            "webhook-endpoint": WebhookEndpoint.objects.get(store=store),
+            "tag-mapping": TagMapping.objects.get(store=store)}[basename]
 
 
 def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
@@ -109,7 +111,7 @@ def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
         if "pk" not in pattern.pattern.regex.groupindex or pattern.name.endswith("-format"):
             continue
         basename = next(b for b in ("sync-job", "store", "customer", "order", "segment", "journey", "campaign",
-                                    "daily-run", "list", "webhook-endpoint") if pattern.name.startswith(b + "-"))
+                                    "daily-run", "list", "webhook-endpoint", "tag-mapping") if pattern.name.startswith(b + "-"))
         url = reverse(pattern.name, kwargs={"pk": _object_of(basename, b).pk})
         for method in ("get", "post", "put", "patch", "delete"):
             response = getattr(client, method)(url, {}, format="json")

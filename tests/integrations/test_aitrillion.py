@@ -134,3 +134,27 @@ def test_the_admin_previews_a_mapping_and_refuses_a_broken_pattern(store, staff_
                             {"store": store.pk, "attribute": "loyalty_tier", "kind": "regex", "pattern": "AIT-.*"})
     assert add.status_code == 200 and "Put the value in a group" in add.content.decode()
     assert TagMapping.objects.count() == 4
+
+
+def test_mappings_preview_and_tier_movement_over_the_api(tier_history):
+    from django.urls import reverse
+    from rest_framework.test import APIClient
+
+    from ecpower.commerce.access import api_key_create
+    from ecpower.commerce.models import ApiKeyScope
+
+    store = tier_history
+    _key, raw = api_key_create(store=store, name="loyalty", scope=ApiKeyScope.READ_WRITE)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    preview = client.post(reverse("tag-mapping-preview"), {"store": store.pk, "kind": "prefix",
+                                                           "pattern": "AIT-Plan-"}, format="json").json()
+    assert [v["value"] for v in preview["values"]] == ["Basic-v1", "Premium-v2"]
+    bad = client.post(reverse("tag-mapping-list"), {"store": store.pk, "attribute": "loyalty_tier", "kind": "regex",
+                                                    "pattern": "AIT-(["}, format="json").json()["error"]
+    assert bad["details"][0]["field"] == "pattern" and "column" in bad["details"][0]["message"]
+    movement = client.get(reverse("store-tier-movement", args=[store.pk]),
+                          {"start": "2025-06-08", "end": "2025-06-14"}).json()
+    assert {(m["source"], m["target"]): m["customers"] for m in movement["moves"]} == {
+        ("Silver", "Gold"): 1, ("Bronze", "Silver"): 1, (None, "Bronze"): 1, ("Gold", None): 1}
+    assert client.get(reverse("store-tier-movement", args=[store.pk]), {"attribute": "x"}).status_code == 400
