@@ -361,3 +361,52 @@ class TagMapping(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_attribute_display()}: {self.pattern}"
+
+
+class MemberIdSource(models.TextChoices):
+    SHOPIFY_ID = "shopify_id", _("Shopify customer id")
+    EMAIL = "email", _("Email address")
+
+
+class ChannelTalkConnection(models.Model):
+    """A store's Channel Talk channel and the segments pushed to its users."""
+
+    store = models.OneToOneField(Store, on_delete=models.CASCADE, related_name="channeltalk", verbose_name=_("store"))
+    access_key = EncryptedTextField(_("access key"), help_text=_("Stored encrypted."))
+    access_secret = EncryptedTextField(_("access secret"), help_text=_("Stored encrypted."))
+    base_url = models.URLField(_("API address"), default="https://api.channel.io",
+                               help_text=_("The local emulator for the demo and tests."))
+    member_id_source = models.CharField(_("memberId is"), max_length=20, choices=MemberIdSource.choices,
+                                        default=MemberIdSource.SHOPIFY_ID)
+    profile_field = models.CharField(_("profile field"), max_length=100, default="ecpSegments",
+                                     help_text=_("User profile key that receives the segment names."))
+    segments = models.ManyToManyField("segments.Segment", blank=True, related_name="+",
+                                      verbose_name=_("segments pushed"))
+    active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("Channel Talk connection")
+        verbose_name_plural = _("Channel Talk connections")
+
+    def __str__(self) -> str:
+        return f"Channel Talk: {self.store}"
+
+
+class ChannelTalkUser(models.Model):
+    """What we last wrote to one customer's Channel Talk user: only changes are pushed again."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    customer = models.OneToOneField(Customer, on_delete=models.CASCADE, related_name="+",
+                                    verbose_name=_("customer"))
+    member_id = models.CharField(_("memberId"), max_length=255)
+    segments = models.JSONField(_("segment names"), default=list)
+    tags = models.JSONField(_("our tags"), default=list, help_text=_("Tags we set; only these are ever removed."))
+    pushed_at = models.DateTimeField(_("pushed at"))
+
+    class Meta:
+        verbose_name = _("Channel Talk user")
+        verbose_name_plural = _("Channel Talk users")
+
+    def __str__(self) -> str:
+        return self.member_id

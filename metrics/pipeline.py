@@ -240,14 +240,30 @@ def step_tags(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
 
 
 def step_partners(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
+    """Channel Talk (when connected), then partner webhooks (when any endpoint is registered)."""
+    from integrations.channeltalk.push import channeltalk_push
+    from integrations.models import ChannelTalkConnection
     from integrations.outbound import store_outbound_push
 
+    summary, problems = {}, []
+    if ChannelTalkConnection.objects.filter(store=run.store, active=True).exists():
+        try:
+            summary["channeltalk"] = channeltalk_push(store=run.store, progress=progress).as_dict()
+        except PartnerError as exc:  # reported; the webhooks still go out
+            summary["channeltalk"] = {"error": str(exc)}
+            problems.append(f"Channel Talk: {exc}")
     webhooks = store_outbound_push(run.store)
-    if not webhooks:
+    if webhooks:
+        summary["webhooks"] = webhooks
+        if webhooks["failed"] or webhooks["retry"] or webhooks["paused"]:
+            problems.append(_("webhooks: %(n)d not delivered yet") % {"n": webhooks["failed"] + webhooks["retry"]})
+    if not summary:
         raise StepSkipped(_("no partner integration is configured for this store"))
-    failed = webhooks["failed"] + webhooks["retry"]
-    status = SyncJobStatus.PARTIAL if failed or webhooks["paused"] else SyncJobStatus.SUCCEEDED
-    return status, {"webhooks": webhooks}
+    if problems:
+        summary["failed"] = problems
+        if len(problems) == len(summary) - 1:
+            raise RuntimeError("; ".join(problems))
+    return (SyncJobStatus.PARTIAL if problems else SyncJobStatus.SUCCEEDED), summary
 
 
 def step_email(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:

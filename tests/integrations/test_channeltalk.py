@@ -1,0 +1,121 @@
+"""Channel Talk push against the local emulator over real HTTP: membership changes land, foreign tags
+survive, 429s and faults are weathered, nothing is sent when nothing changed, a job and the daily run."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.core import mail
+
+from ecpower.commerce.services import customer_facts_refresh
+from integrations.channeltalk.client import ChannelTalkClient
+from integrations.channeltalk.emulator import ChannelTalkEmulator
+from integrations.channeltalk.push import channeltalk_push, channeltalk_push_run, channeltalk_push_start, merged_tags
+from integrations.http import PartnerAuthError
+from integrations.models import ChannelTalkConnection, ChannelTalkUser, SyncJob
+from segments.lists import list_create_from_segment
+from segments.services import segment_create, segment_recompute, segment_update
+from tests.factories import CustomerFactory, OrderFactory, StoreFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def channel():
+    emulator = ChannelTalkEmulator().start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def store(channel):
+    store = StoreFactory(notification_email="crm@example.jp")
+    for n in range(6):
+        customer = CustomerFactory(store=store, shopify_id=7000 + n, email=f"c{n}@example.jp")
+        for _ in range(n % 3):
+            OrderFactory(store=store, customer=customer)
+    customer_facts_refresh(store=store)
+    buyers = segment_create(store=store, name="購入者", slug="buyers", query="number_of_orders >= 1",
+                            shopify_tag="ecp-buyers")
+    repeat = segment_create(store=store, name="リピーター", slug="repeat", query="number_of_orders >= 2")
+    for segment in (buyers, repeat):
+        segment_recompute(segment=segment)
+    connection = ChannelTalkConnection.objects.create(store=store, access_key="ct-key", access_secret="ct-secret",
+                                                      base_url=channel.base_url)
+    connection.segments.set([buyers, repeat])
+    return store
+
+
+def test_members_get_segment_names_and_our_tags_and_foreign_tags_survive(store, channel):
+    channel.state.add_user("7002", tags=["VIP対応", "ecp-old-campaign"], profile={"name": "花子"})
+    result = channeltalk_push(store=store)
+    assert (result.pushed, result.unchanged) == (4, 0)  # customers 1, 2, 4, 5 have orders
+    users = channel.state.users
+    assert set(users) == {"7001", "7002", "7004", "7005"}
+    assert users["7002"]["profile"] == {"name": "花子", "ecpSegments": "リピーター, 購入者"}
+    assert users["7002"]["tags"] == ["VIP対応", "ecp-old-campaign", "ecp-buyers", "ecp-repeat"]  # theirs kept
+    assert users["7001"]["tags"] == ["ecp-buyers"]
+
+
+def test_only_changed_users_are_pushed_and_leaving_removes_only_our_tag(store, channel):
+    channeltalk_push(store=store)
+    calls = len(channel.state.requests)
+    again = channeltalk_push(store=store)
+    assert (again.pushed, again.unchanged) == (0, 4) and len(channel.state.requests) == calls  # nothing sent
+    channel.state.users["7001"]["tags"].append("LINE友だち")  # someone else tags the user meanwhile
+    repeat = store.segments.get(slug="repeat")
+    segment_recompute(segment=segment_update(segment=repeat, query="number_of_orders >= 1"))  # 1 and 4 join
+    buyers = store.segments.get(slug="buyers")
+    segment_recompute(segment=segment_update(segment=buyers, query="number_of_orders >= 2"))  # 1 and 4 leave
+    result = channeltalk_push(store=store)
+    assert (result.pushed, result.unchanged) == (2, 2)  # 1 and 4 moved; 2 and 5 are in both before and after
+    assert channel.state.users["7001"]["tags"] == ["LINE友だち", "ecp-repeat"]
+    assert channel.state.users["7001"]["profile"]["ecpSegments"] == "リピーター"
+
+
+def test_rate_limits_and_faults_are_weathered(store, channel):
+    channel.state.limit_per_second = 3
+    channel.state.faults = 2
+    client = ChannelTalkClient("ct-key", "ct-secret", base_url=channel.base_url)
+    result = channeltalk_push(store=store, client=client)
+    assert result.pushed == 4 and len(channel.state.users) == 4
+    assert client.calls > 8  # 4 reads + 4 upserts, plus the retries after 500s and 429s
+
+
+def test_wrong_keys_stop_the_job_and_it_is_reported(store, channel):
+    ChannelTalkConnection.objects.filter(store=store).update(access_secret="wrong")
+    with pytest.raises(PartnerAuthError):
+        channeltalk_push(store=store)
+    job = SyncJob.objects.create(store=store, kind="partner_push")
+    assert channeltalk_push_run(job.pk) == "failed"
+    job.refresh_from_db()
+    assert "refused the API key" in job.error and "Partner push" in mail.outbox[0].subject
+
+
+def test_a_push_job_with_progress_and_holdout_members_left_out(store, channel, django_capture_on_commit_callbacks):
+    buyers = store.segments.get(slug="buyers")
+    frozen = list_create_from_segment(source=buyers, name="Spring", slug="spring", holdout_percent=50, seed=1)
+    ChannelTalkConnection.objects.get(store=store).segments.set([frozen])
+    with django_capture_on_commit_callbacks(execute=True):
+        job = channeltalk_push_start(store=store)
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.summary["pushed"] == 2 and (job.done, job.total) == (2, 2)
+    held = set(frozen.memberships.filter(holdout=True).values_list("customer__shopify_id", flat=True))
+    assert not held & {int(m) for m in channel.state.users}
+    assert ChannelTalkUser.objects.count() == 2
+
+
+def test_merging_keeps_foreign_tags_in_place():
+    assert merged_tags(["a", "ecp-x", "b"], ["ecp-x"], ["ecp-y"]) == ["a", "b", "ecp-y"]
+    assert merged_tags(["ecp-y"], [], ["ecp-y"]) == ["ecp-y"]
+
+
+def test_the_daily_run_pushes_to_channel_talk(store, channel):
+    from metrics.models import PipelineRun
+    from metrics.pipeline import pipeline_run
+
+    run = PipelineRun.objects.create(store=store, date=dt.date.today())
+    pipeline_run(run.pk)
+    run.refresh_from_db()
+    assert run.summary["partners"]["status"] == "succeeded" and len(channel.state.users) == 4
