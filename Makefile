@@ -9,6 +9,7 @@ DEMO_SEED ?= 1
 ADMIN_USER ?= admin
 PORT ?= 8000
 EMULATOR_PORT ?= 8765
+CHANNELTALK_PORT ?= 8766
 PG_URL := postgres://postgres@127.0.0.1:5432/ecpower
 
 .PHONY: venv demo test test-sqlite test-postgres lint bench bench-tags messages clean
@@ -34,9 +35,11 @@ demo: venv
 	$(BIN)/python manage.py metrics backfill --store $(DEMO_STORE) --queue
 	$(BIN)/python manage.py ensure_admin --username $(ADMIN_USER)
 	$(BIN)/python manage.py shopify connect --store $(DEMO_STORE) --token shpat_demo --secret demo-webhook-secret --no-check
-	@echo "Serving http://127.0.0.1:$(PORT)/admin/ with the Shopify emulator on :$(EMULATOR_PORT) (Ctrl-C stops all)"
+	$(BIN)/python manage.py channeltalk connect --store $(DEMO_STORE) --key ct-key --secret ct-secret --url http://127.0.0.1:$(CHANNELTALK_PORT) --segments repeaters,dormant
+	@echo "Serving http://127.0.0.1:$(PORT)/admin/ with the Shopify emulator on :$(EMULATOR_PORT) and Channel Talk's on :$(CHANNELTALK_PORT) (Ctrl-C stops all)"
 	trap 'kill 0' INT TERM EXIT; \
 	$(BIN)/python manage.py shopify emulator --port $(EMULATOR_PORT) --seed-store $(DEMO_STORE) --token shpat_demo --secret demo-webhook-secret & \
+	$(BIN)/python manage.py channeltalk emulator --port $(CHANNELTALK_PORT) & \
 	$(BIN)/python manage.py qcluster & \
 	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 

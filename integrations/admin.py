@@ -15,6 +15,7 @@ from integrations.http import PartnerError
 from integrations.jobs import import_start
 from integrations.models import (
     AppliedTag,
+    ChannelTalkConnection,
     OutboundEvent,
     ShopifyConnection,
     SyncJob,
@@ -339,3 +340,56 @@ class TagMappingAdmin(StoreScopedAdmin):
                 return cleaned
 
         return CheckedForm
+
+
+class ChannelTalkConnectionForm(forms.ModelForm):
+    access_key = forms.CharField(label=_("access key"), required=False,
+                                 widget=forms.PasswordInput(render_value=False),
+                                 help_text=_("Desk › Settings › API key management. Stored encrypted; leave empty to "
+                                             "keep."))
+    access_secret = forms.CharField(label=_("access secret"), required=False,
+                                    widget=forms.PasswordInput(render_value=False),
+                                    help_text=_("Stored encrypted; leave empty to keep."))
+    base_url = forms.URLField(label=_("API address"), assume_scheme="https", initial="https://api.channel.io",
+                              help_text=_("The local emulator for the demo and tests."))
+
+    class Meta:
+        model = ChannelTalkConnection
+        fields = ("store", "access_key", "access_secret", "base_url", "member_id_source", "profile_field",
+                  "segments", "active")
+
+    def clean(self):
+        cleaned = super().clean()
+        for name in ("access_key", "access_secret"):
+            if not cleaned.get(name) and not getattr(self.instance, name, ""):
+                self.add_error(name, _("Needed to connect."))
+        store = cleaned.get("store") or getattr(self.instance, "store", None)
+        if store and any(s.store_id != store.pk for s in cleaned.get("segments") or []):
+            self.add_error("segments", _("Choose segments of the store %(store)s.") % {"store": store})
+        return cleaned
+
+
+@admin.register(ChannelTalkConnection)
+class ChannelTalkConnectionAdmin(StoreScopedAdmin):
+    form = ChannelTalkConnectionForm
+    write_roles = OWNER_ONLY
+    list_display = ("store", "active", "member_id_source", "profile_field", "created_at")
+    list_select_related = ("store",)
+    filter_horizontal = ("segments",)
+    actions = ("push_now",)
+
+    def save_model(self, request, obj, form, change):
+        stored = ChannelTalkConnection.objects.get(pk=obj.pk) if change else None
+        for name in ("access_key", "access_secret"):
+            setattr(obj, name, form.cleaned_data.get(name) or (getattr(stored, name) if stored else ""))
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description=_("Push segments to Channel Talk now"), permissions=["change"])
+    def push_now(self, request, queryset):
+        from integrations.channeltalk.push import channeltalk_push_start
+
+        for connection in queryset.filter(store__in=writable_stores(request), active=True).select_related("store"):
+            job = channeltalk_push_start(store=connection.store, user=request.user)
+            url = reverse("admin:integrations_syncjob_change", args=[job.pk])
+            self.message_user(request, format_html(_('{}: push queued, <a href="{}">follow its progress</a>.'),
+                                                   connection.store, url))

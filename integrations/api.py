@@ -13,6 +13,7 @@ from ecpower.commerce.models import Store
 from integrations.http import PartnerError
 from integrations.jobs import import_start, tag_sync_start
 from integrations.models import (
+    ChannelTalkConnection,
     MatchKind,
     OutboundEvent,
     SyncJob,
@@ -283,3 +284,68 @@ class TagMappingViewSet(StoreScopedMixin, viewsets.ModelViewSet):
         return Response(MappingPreviewSerializer({
             "customers": preview.customers, "customers_with_value": preview.customers_with_value,
             "values": [{"value": v, "customers": n, "examples": e} for v, n, e in preview.values]}).data)
+
+
+# --- Channel Talk settings ------------------------------------------------------------------------------
+
+
+class ChannelTalkConnectionSerializer(serializers.ModelSerializer):
+    store = serializers.PrimaryKeyRelatedField(queryset=Store.objects.none())
+    access_key = serializers.CharField(write_only=True, required=False, help_text="Stored encrypted; never returned.")
+    access_secret = serializers.CharField(write_only=True, required=False,
+                                          help_text="Stored encrypted; never returned.")
+    segments = serializers.PrimaryKeyRelatedField(many=True, queryset=Segment.objects.none(), required=False)
+
+    class Meta:
+        model = ChannelTalkConnection
+        fields = ("id", "store", "access_key", "access_secret", "base_url", "member_id_source", "profile_field",
+                  "segments", "active", "created_at")
+        read_only_fields = ("created_at",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            stores = request_stores(request)
+            self.fields["store"].queryset = stores
+            self.fields["segments"].child_relation.queryset = Segment.objects.filter(store__in=stores)
+        if self.instance is not None and not isinstance(self.instance, list | tuple):
+            self.fields["store"].read_only = True
+
+    def validate(self, data):
+        store = data.get("store") or getattr(self.instance, "store", None)
+        if self.instance is None and not (data.get("access_key") and data.get("access_secret")):
+            raise serializers.ValidationError({"access_key": ["The access key and secret are needed to connect."]})
+        if store and any(s.store_id != store.pk for s in data.get("segments", [])):
+            raise serializers.ValidationError({"segments": ["Choose segments of the same store."]})
+        return data
+
+
+class ChannelTalkConnectionViewSet(StoreScopedMixin, viewsets.ModelViewSet):
+    """A store's Channel Talk channel (keys write-only) and the segments pushed to its users."""
+
+    queryset = ChannelTalkConnection.objects.select_related("store").prefetch_related("segments")
+    serializer_class = ChannelTalkConnectionSerializer
+    filterset_fields = ("store",)
+    ordering = ("-id",)
+
+    def perform_create(self, serializer):
+        if not request_can_write(self.request, serializer.validated_data["store"].pk):
+            raise PermissionDenied()
+        if ChannelTalkConnection.objects.filter(store=serializer.validated_data["store"]).exists():
+            raise serializers.ValidationError({"store": ["This store is connected already; change that connection."]})
+        serializer.save()
+
+    @extend_schema(request=None, responses={202: SyncJobSerializer})
+    @action(detail=True, methods=["post"])
+    def push(self, request, pk=None):
+        """Queue a push of the segments to Channel Talk now (the daily run also pushes)."""
+        from integrations.channeltalk.push import channeltalk_push_start
+
+        connection = self.get_object()
+        user = request.user if getattr(request.user, "pk", None) else None
+        try:
+            job = channeltalk_push_start(store=connection.store, user=user)
+        except PartnerError as exc:
+            raise serializers.ValidationError({"active": [str(exc)]}) from exc
+        return Response(SyncJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)

@@ -6,7 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from ecpower.api import schema  # noqa: F401  (registers the API-key scheme)
 from ecpower.commerce.api import CustomerViewSet, OrderViewSet, StoreViewSet
-from integrations.api import SyncJobViewSet, TagMappingViewSet, WebhookEndpointViewSet
+from integrations.api import ChannelTalkConnectionViewSet, SyncJobViewSet, TagMappingViewSet, WebhookEndpointViewSet
 from integrations.webhooks import shopify_webhook
 from metrics.api import (
     CampaignViewSet,
@@ -39,6 +39,7 @@ router.register("campaigns", CampaignViewSet, basename="campaign")
 router.register("daily-runs", PipelineRunViewSet, basename="daily-run")
 router.register("webhook-endpoints", WebhookEndpointViewSet, basename="webhook-endpoint")
 router.register("tag-mappings", TagMappingViewSet, basename="tag-mapping")
+router.register("channel-talk", ChannelTalkConnectionViewSet, basename="channel-talk")
 
 urlpatterns = [
     path("", include(router.urls)),

@@ -15,7 +15,14 @@ from ecpower.api.urls import router
 from ecpower.commerce.access import api_key_create, api_key_revoke
 from ecpower.commerce.models import ApiKeyScope, StoreMembership, StoreRole
 from ecpower.commerce.services import customer_facts_refresh
-from integrations.models import SyncJob, SyncJobKind, SyncJobStatus, TagMapping, WebhookEndpoint
+from integrations.models import (
+    ChannelTalkConnection,
+    SyncJob,
+    SyncJobKind,
+    SyncJobStatus,
+    TagMapping,
+    WebhookEndpoint,
+)
 from integrations.outbound import webhook_endpoint_create
 from metrics.models import Campaign, Journey, PipelineRun
 from segments.lists import list_create_from_segment
@@ -48,6 +55,7 @@ def make_store(domain: str):
     webhook_endpoint_create(store=store, name="tool", url="https://partner.example.jp/hook",
                             events=["sync_job.finished"])
     TagMapping.objects.create(store=store, attribute="loyalty_tier", kind="prefix", pattern="AIT-Tier-")
+    ChannelTalkConnection.objects.create(store=store, access_key="k", access_secret="s").segments.add(segment)
     return store
 
 
@@ -81,7 +89,7 @@ def test_a_key_sees_only_its_store(stores):
     _key, raw = api_key_create(store=a, name="tool")
     client = client_with(raw)
     for name in ("store", "customer", "order", "segment", "sync-job", "journey", "campaign", "daily-run", "list",
-                 "webhook-endpoint", "tag-mapping"):
+                 "webhook-endpoint", "tag-mapping", "channel-talk"):
         body = client.get(reverse(f"{name}-list")).json()
         stores_seen = {row.get("store", row["id"] if name == "store" else None) for row in body["results"]}
         assert stores_seen == {a.pk}, name
@@ -98,7 +106,8 @@ def _object_of(basename: str, store):
             "journey": Journey.objects.get(store=store), "campaign": Campaign.objects.get(store=store),
             "daily-run": PipelineRun.objects.get(store=store),
             "webhook-endpoint": WebhookEndpoint.objects.get(store=store),
-            "tag-mapping": TagMapping.objects.get(store=store)}[basename]
+            "tag-mapping": TagMapping.objects.get(store=store),
+            "channel-talk": ChannelTalkConnection.objects.get(store=store)}[basename]
 
 
 def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
@@ -111,7 +120,8 @@ def test_tenancy_walk_every_detail_url_with_a_key_of_another_store(stores):
         if "pk" not in pattern.pattern.regex.groupindex or pattern.name.endswith("-format"):
             continue
         basename = next(b for b in ("sync-job", "store", "customer", "order", "segment", "journey", "campaign",
-                                    "daily-run", "list", "webhook-endpoint", "tag-mapping") if pattern.name.startswith(b + "-"))
+                                    "daily-run", "list", "webhook-endpoint", "tag-mapping", "channel-talk")
+                        if pattern.name.startswith(b + "-"))
         url = reverse(pattern.name, kwargs={"pk": _object_of(basename, b).pk})
         for method in ("get", "post", "put", "patch", "delete"):
             response = getattr(client, method)(url, {}, format="json")

@@ -119,3 +119,43 @@ def test_the_daily_run_pushes_to_channel_talk(store, channel):
     pipeline_run(run.pk)
     run.refresh_from_db()
     assert run.summary["partners"]["status"] == "succeeded" and len(channel.state.users) == 4
+
+
+def test_connect_and_push_from_the_command_line(store, channel):
+    import io
+
+    from django.core.management import CommandError, call_command
+
+    ChannelTalkConnection.objects.all().delete()
+    out = io.StringIO()
+    call_command("channeltalk", "connect", "--store", store.shopify_domain, "--key", "ct-key", "--secret",
+                 "ct-secret", "--url", channel.base_url, "--segments", "repeat", stdout=out)
+    assert "1 segments pushed" in out.getvalue()
+    call_command("channeltalk", "push", "--store", store.shopify_domain, stdout=out)
+    assert "pushed 2" in out.getvalue() and set(channel.state.users) == {"7002", "7005"}
+    with pytest.raises(CommandError, match="No segment nope"):
+        call_command("channeltalk", "connect", "--store", store.shopify_domain, "--key", "k", "--secret", "s",
+                     "--segments", "nope")
+
+
+def test_channel_talk_settings_over_the_api(store, channel, django_capture_on_commit_callbacks):
+    from django.urls import reverse
+    from rest_framework.test import APIClient
+
+    from ecpower.commerce.access import api_key_create
+    from ecpower.commerce.models import ApiKeyScope
+
+    _key, raw = api_key_create(store=store, name="ops", scope=ApiKeyScope.READ_WRITE)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    connection = ChannelTalkConnection.objects.get(store=store)
+    detail = client.get(reverse("channel-talk-detail", args=[connection.pk])).json()
+    assert "access_secret" not in detail and detail["profile_field"] == "ecpSegments"
+    repeat = store.segments.get(slug="repeat")
+    changed = client.patch(reverse("channel-talk-detail", args=[connection.pk]),
+                           {"segments": [repeat.pk], "profile_field": "segments"}, format="json")
+    assert changed.status_code == 200 and changed.json()["segments"] == [repeat.pk]
+    with django_capture_on_commit_callbacks(execute=True):
+        pushed = client.post(reverse("channel-talk-push", args=[connection.pk]))
+    assert pushed.status_code == 202 and SyncJob.objects.get(pk=pushed.json()["id"]).status == "succeeded"
+    assert channel.state.users["7002"]["profile"] == {"segments": "リピーター"}
