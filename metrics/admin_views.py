@@ -70,6 +70,8 @@ class MetricsAdminViews:
             path("segment/<int:pk>/", view(self.segment_view), name="metrics_segment"),
             path("segment/<int:pk>/tags/", view(self.tags_view), name="metrics_tags"),
             path("segment/<int:pk>/products/", view(self.products_view), name="metrics_products"),
+            path("segment/<int:pk>/attributes/", view(self.attributes_view), name="metrics_attributes"),
+            path("tier-movement/", view(self.tier_movement_view), name="metrics_tier_movement"),
             path("compare/", view(self.compare_view), name="metrics_compare"),
             path("cohorts/", view(self.cohorts_view), name="metrics_cohorts"),
             path("rfm/", view(self.rfm_view), name="metrics_rfm"),
@@ -168,6 +170,47 @@ class MetricsAdminViews:
                        for r in insights.top_product_types(segment)])
         return self._table_page(request, _("What %(name)s buys") % {"name": segment.name}, [products, types],
                                 f"{segment.slug}-products", segment=segment)
+
+    def attributes_view(self, request: HttpRequest, pk: int):
+        from integrations.aitrillion.mappings import attribute_distribution
+        from integrations.models import MappedAttribute
+
+        segment = scoped_object_or_404(request, Segment.objects.select_related("store"), pk=pk)
+        members = segment.member_count or 0
+        in_store = attribute_distribution(store=segment.store)
+        tables = []
+        for attribute, rows in attribute_distribution(store=segment.store, segment=segment).items():
+            store_counts = dict(in_store.get(attribute, []))
+            tables.append(Table(str(MappedAttribute(attribute).label),
+                                [_("Value"), _("Members"), _("Share of members"), _("Customers in store")],
+                                [[value, n, _percent(n / members if members else None), store_counts.get(value, 0)]
+                                 for value, n in rows]))
+        if not tables:
+            tables = [Table(_("Partner attributes"), [_("Value"), _("Members")], [],
+                            _("No tag mappings yet: add them under Integrations › Tag mappings."))]
+        return self._table_page(request, _("Partner attributes of %(name)s") % {"name": segment.name}, tables,
+                                f"{segment.slug}-attributes", segment=segment)
+
+    def tier_movement_view(self, request: HttpRequest):
+        from integrations.aitrillion.mappings import ATTRIBUTES, attribute_movement
+        from segments.selectors import store_today
+
+        store, _segment = self._store_and_segment(request)
+        attribute = request.GET.get("attribute") if request.GET.get("attribute") in ATTRIBUTES else ATTRIBUTES[0]
+        end = _date(request, "end") or (store_today(store) if store else timezone.localdate())
+        start = _date(request, "start") or end - dt.timedelta(days=7)
+        rows = []
+        if store is not None:
+            movement = attribute_movement(
+                store=store, attribute=attribute, start=dt.datetime.combine(start, dt.time.min, tzinfo=store.zone),
+                end=dt.datetime.combine(end + dt.timedelta(days=1), dt.time.min, tzinfo=store.zone))
+            none = _("(none)")
+            rows = [[a or none, b or none, n] for (a, b), n in sorted(movement.moves.items(), key=lambda i: -i[1])]
+        table = Table(_("Customers who moved"), [_("From"), _("To"), _("Customers")], rows,
+                      _("%(start)s – %(end)s, from the tag history (it starts with the store's first import).")
+                      % {"start": start, "end": end})
+        return self._table_page(request, _("Tier movement"), [table], "tier-movement", store=store,
+                                window=(start, end), movement=True)
 
     def _store_and_segment(self, request) -> tuple[Store | None, Segment | None]:
         segment = scoped(request, Segment.objects.select_related("store")).filter(

@@ -124,6 +124,22 @@ class SegmentMetricsActions:
         types = [{**r, "name": r["type_name"] or ""} for r in insights.top_product_types(segment)]
         return Response(TopProductsSerializer({"products": products, "product_types": types}).data)
 
+    @extend_schema(responses=inline_serializer("PartnerAttributes", {
+        "attributes": serializers.DictField(child=serializers.ListField(child=inline_serializer("AttributeValue", {
+            "value": serializers.CharField(), "members": serializers.IntegerField(),
+            "store_customers": serializers.IntegerField()})))}))
+    @action(detail=True, methods=["get"])
+    def attributes(self, request, pk=None):
+        """Members per value of each partner attribute (AiTrillion tier, plan …) read by the tag mappings."""
+        from integrations.aitrillion.mappings import attribute_distribution
+
+        segment = self.get_object()
+        in_store = attribute_distribution(store=segment.store)
+        return Response({"attributes": {
+            attribute: [{"value": v, "members": n, "store_customers": dict(in_store.get(attribute, [])).get(v, 0)}
+                        for v, n in rows]
+            for attribute, rows in attribute_distribution(store=segment.store, segment=segment).items()}})
+
     @extend_schema(parameters=[OpenApiParameter("ids", str, required=True, description="Segment ids, comma separated."),
                                OpenApiParameter("kpi", str, enum=list(charts.KPIS), default="members"), *DATE_PARAMS],
                    responses=CompareSerializer)

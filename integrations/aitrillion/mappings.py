@@ -141,3 +141,23 @@ def attribute_movement(*, store: Store, attribute: str = MappedAttribute.LOYALTY
         if before != after:
             moves[before, after] += 1
     return Movement(start=start, end=end, moves=dict(moves))
+
+
+def attribute_distribution(*, store: Store, segment=None) -> dict[str, list[tuple[str, int]]]:
+    """{attribute: [(value, customers), …]} now, for the store or a segment's members (most common first)."""
+    from segments.models import Membership
+
+    result = {}
+    for attribute in ATTRIBUTES:
+        by_value = tag_names_by_value(store, attribute)
+        if not by_value:
+            continue
+        value_of_name = {name: value for value, names in by_value.items() for name in names}
+        tags = CustomerTag.objects.filter(store=store, name__in=list(value_of_name))
+        if segment is not None:
+            tags = tags.filter(customer_id__in=Membership.objects.filter(segment=segment).values("customer_id"))
+        customers: dict[str, set[int]] = defaultdict(set)
+        for customer_id, name in tags.values_list("customer_id", "name"):
+            customers[value_of_name[name]].add(customer_id)
+        result[attribute] = sorted(((v, len(ids)) for v, ids in customers.items()), key=lambda r: (-r[1], r[0]))
+    return result

@@ -158,3 +158,22 @@ def test_mappings_preview_and_tier_movement_over_the_api(tier_history):
     assert {(m["source"], m["target"]): m["customers"] for m in movement["moves"]} == {
         ("Silver", "Gold"): 1, ("Bronze", "Silver"): 1, (None, "Bronze"): 1, ("Gold", None): 1}
     assert client.get(reverse("store-tier-movement", args=[store.pk]), {"attribute": "x"}).status_code == 400
+
+
+def test_partner_attributes_and_tier_movement_insights(tier_history, staff_client):
+    from django.urls import reverse
+
+    from segments.services import segment_create, segment_recompute
+
+    store = tier_history
+    segment = segment_create(store=store, name="Tiered", slug="tiered", query="loyalty_tier IS NOT NULL")
+    segment_recompute(segment=segment)
+    page = staff_client.get(reverse("admin:metrics_attributes", args=[segment.pk]))
+    tables = {t.title: t.rows for t in page.context["tables"]}
+    assert tables["Loyalty tier"] == [["Gold", 2, "50.0%", 2], ["Bronze", 1, "25.0%", 1], ["Silver", 1, "25.0%", 1]]
+    movement = staff_client.get(reverse("admin:metrics_tier_movement") + f"?store={store.pk}"
+                                "&start=2025-06-08&end=2025-06-14")
+    assert sorted(movement.context["tables"][0].rows) == sorted(
+        [["Silver", "Gold", 1], ["Bronze", "Silver", 1], ["(none)", "Bronze", 1], ["Gold", "(none)", 1]])
+    api = staff_client.get(reverse("segment-attributes", args=[segment.pk])).json()
+    assert api["attributes"]["loyalty_tier"][0] == {"value": "Gold", "members": 2, "store_customers": 2}
