@@ -8,7 +8,13 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 
-from ecpower.api.framework import StoreScopedMixin, request_can_write, request_stores
+from ecpower.api.framework import (
+    StoreBoundSerializer,
+    StoreScopedMixin,
+    StoreWriteCheckedMixin,
+    request_can_write,
+    request_stores,
+)
 from ecpower.commerce.models import Store
 from integrations.http import PartnerError
 from integrations.jobs import import_start, tag_sync_start
@@ -107,8 +113,7 @@ class SyncJobViewSet(StoreScopedMixin, mixins.CreateModelMixin, viewsets.ReadOnl
 # --- partner webhooks --------------------------------------------------------------------------------
 
 
-class WebhookEndpointSerializer(serializers.ModelSerializer):
-    store = serializers.PrimaryKeyRelatedField(queryset=Store.objects.none())
+class WebhookEndpointSerializer(StoreBoundSerializer):
     events = serializers.ListField(child=serializers.ChoiceField(choices=OutboundEvent.choices), min_length=1)
 
     class Meta:
@@ -116,14 +121,6 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
         fields = ("id", "store", "name", "url", "events", "paused_at", "pause_reason", "consecutive_failures",
                   "created_at")
         read_only_fields = ("paused_at", "pause_reason", "consecutive_failures", "created_at")
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        request = self.context.get("request")
-        if request is not None:
-            self.fields["store"].queryset = request_stores(request)
-        if self.instance is not None and not isinstance(self.instance, list | tuple):
-            self.fields["store"].read_only = True
 
     def validate_url(self, url):
         from django.core.exceptions import ValidationError as DjangoValidationError
@@ -205,21 +202,12 @@ class WebhookEndpointViewSet(StoreScopedMixin, viewsets.ModelViewSet):
 # --- partner tag mappings ------------------------------------------------------------------------------
 
 
-class TagMappingSerializer(serializers.ModelSerializer):
-    store = serializers.PrimaryKeyRelatedField(queryset=Store.objects.none())
+class TagMappingSerializer(StoreBoundSerializer):
 
     class Meta:
         model = TagMapping
         fields = ("id", "store", "attribute", "kind", "pattern", "created_at")
         read_only_fields = ("created_at",)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        request = self.context.get("request")
-        if request is not None:
-            self.fields["store"].queryset = request_stores(request)
-        if self.instance is not None and not isinstance(self.instance, list | tuple):
-            self.fields["store"].read_only = True
 
     def validate(self, data):
         from django.core.exceptions import ValidationError as DjangoValidationError
@@ -249,7 +237,7 @@ class MappingPreviewSerializer(serializers.Serializer):
         "examples": serializers.ListField(child=serializers.CharField())}))
 
 
-class TagMappingViewSet(StoreScopedMixin, viewsets.ModelViewSet):
+class TagMappingViewSet(StoreScopedMixin, StoreWriteCheckedMixin, viewsets.ModelViewSet):
     """Rules that read partner tags (AiTrillion) as loyalty tier, membership plan, affiliate group, signup source."""
 
     queryset = TagMapping.objects.select_related("store")
@@ -257,11 +245,6 @@ class TagMappingViewSet(StoreScopedMixin, viewsets.ModelViewSet):
     filterset_fields = ("store", "attribute")
     ordering = ("-id",)
     read_only_actions = ("preview",)
-
-    def perform_create(self, serializer):
-        if not request_can_write(self.request, serializer.validated_data["store"].pk):
-            raise PermissionDenied()
-        serializer.save()
 
     @extend_schema(request=MappingPreviewRequestSerializer, responses=MappingPreviewSerializer)
     @action(detail=False, methods=["post"])
@@ -289,8 +272,8 @@ class TagMappingViewSet(StoreScopedMixin, viewsets.ModelViewSet):
 # --- Channel Talk settings ------------------------------------------------------------------------------
 
 
-class ChannelTalkConnectionSerializer(serializers.ModelSerializer):
-    store = serializers.PrimaryKeyRelatedField(queryset=Store.objects.none())
+class ChannelTalkConnectionSerializer(StoreBoundSerializer):
+    segment_fields = ("segments",)
     access_key = serializers.CharField(write_only=True, required=False, help_text="Stored encrypted; never returned.")
     access_secret = serializers.CharField(write_only=True, required=False,
                                           help_text="Stored encrypted; never returned.")
@@ -302,22 +285,12 @@ class ChannelTalkConnectionSerializer(serializers.ModelSerializer):
                   "segments", "active", "created_at")
         read_only_fields = ("created_at",)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        request = self.context.get("request")
-        if request is not None:
-            stores = request_stores(request)
-            self.fields["store"].queryset = stores
-            self.fields["segments"].child_relation.queryset = Segment.objects.filter(store__in=stores)
-        if self.instance is not None and not isinstance(self.instance, list | tuple):
-            self.fields["store"].read_only = True
-
     def validate(self, data):
         store = data.get("store") or getattr(self.instance, "store", None)
         if self.instance is None and not (data.get("access_key") and data.get("access_secret")):
             raise serializers.ValidationError({"access_key": ["The access key and secret are needed to connect."]})
-        if store and any(s.store_id != store.pk for s in data.get("segments", [])):
-            raise serializers.ValidationError({"segments": ["Choose segments of the same store."]})
+        if store:
+            self.check_segments(store, data.get("segments", []), "segments")
         return data
 
 

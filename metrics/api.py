@@ -13,10 +13,10 @@ from django.db import transaction
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from ecpower.api.framework import StoreScopedMixin, request_can_write, request_stores
+from ecpower.api.framework import StoreBoundSerializer, StoreScopedMixin, StoreWriteCheckedMixin
 from ecpower.commerce.models import Store
 from integrations.api import SyncJobSerializer
 from metrics import charts, insights
@@ -259,30 +259,8 @@ class StoreMetricsActions(StoreMovementActions):
 # --- journeys, campaigns, daily runs -----------------------------------------------------------------
 
 
-class StoreBoundSerializer(serializers.ModelSerializer):
-    """``store`` limited to the request's stores; the segments must belong to it."""
-
-    store = serializers.PrimaryKeyRelatedField(queryset=Store.objects.none())
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        request = self.context.get("request")
-        if request is not None:
-            stores = request_stores(request)
-            self.fields["store"].queryset = stores
-            for name in ("stages", "segments"):  # another store's segment ids do not exist here
-                if name in self.fields:
-                    self.fields[name].child_relation.queryset = Segment.objects.filter(store__in=stores)
-        if self.instance is not None and not isinstance(self.instance, list | tuple):
-            self.fields["store"].read_only = True
-
-    def _check_segments(self, store: Store, segments: list[Segment], field: str) -> None:
-        foreign = [s.pk for s in segments if s.store_id != store.pk]
-        if foreign:
-            raise ValidationError({field: [f"Segments {foreign} belong to another store."]})
-
-
 class JourneySerializer(StoreBoundSerializer):
+    segment_fields = ("stages",)
     stages = serializers.PrimaryKeyRelatedField(
         many=True, queryset=Segment.objects.all(), source="stage_segments",
         help_text="Segment ids in order: the journey's stages.")
@@ -298,7 +276,7 @@ class JourneySerializer(StoreBoundSerializer):
 
     def validate(self, data):
         store = data.get("store") or self.instance.store
-        self._check_segments(store, data.get("stage_segments", []), "stages")
+        self.check_segments(store, data.get("stage_segments", []), "stages")
         return data
 
     @transaction.atomic
@@ -335,14 +313,7 @@ class TransitionsSerializer(serializers.Serializer):
         "customers": serializers.IntegerField()}))
 
 
-class WritesCheckedMixin:
-    def perform_create(self, serializer):
-        if not request_can_write(self.request, serializer.validated_data["store"].pk):
-            raise PermissionDenied()
-        serializer.save()
-
-
-class JourneyViewSet(StoreScopedMixin, WritesCheckedMixin, viewsets.ModelViewSet):
+class JourneyViewSet(StoreScopedMixin, StoreWriteCheckedMixin, viewsets.ModelViewSet):
     """Ordered stages customers move through; transitions between them over any window."""
 
     queryset = Journey.objects.select_related("store")
@@ -365,6 +336,7 @@ class JourneyViewSet(StoreScopedMixin, WritesCheckedMixin, viewsets.ModelViewSet
 
 
 class CampaignSerializer(StoreBoundSerializer):
+    segment_fields = ("segments",)
     segments = serializers.PrimaryKeyRelatedField(many=True, queryset=Segment.objects.all())
 
     class Meta:
@@ -374,7 +346,7 @@ class CampaignSerializer(StoreBoundSerializer):
 
     def validate(self, data):
         store = data.get("store") or self.instance.store
-        self._check_segments(store, data.get("segments", []), "segments")
+        self.check_segments(store, data.get("segments", []), "segments")
         starts, ends = data.get("starts_on", getattr(self.instance, "starts_on", None)), data.get(
             "ends_on", getattr(self.instance, "ends_on", None))
         if starts and ends and ends < starts:
@@ -397,7 +369,7 @@ RESULT_SCHEMA = inline_serializer("CampaignResult", {
     "incremental_revenue": serializers.FloatField(allow_null=True)}, many=True)
 
 
-class CampaignViewSet(StoreScopedMixin, WritesCheckedMixin, viewsets.ModelViewSet):
+class CampaignViewSet(StoreScopedMixin, StoreWriteCheckedMixin, viewsets.ModelViewSet):
     """List segments and a period, measured against their holdouts."""
 
     queryset = Campaign.objects.select_related("store").prefetch_related("segments")

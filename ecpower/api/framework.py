@@ -8,8 +8,9 @@ request may see, so an object of another store is a 404, never a leak.
 from __future__ import annotations
 
 from django.utils.translation import gettext as _
-from rest_framework import exceptions, pagination, permissions, throttling
+from rest_framework import exceptions, pagination, permissions, serializers, throttling
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.exceptions import PermissionDenied
 
 from ecpower.commerce.access import api_key_check, can_write, stores_for
 from ecpower.commerce.models import ApiKey, Store
@@ -117,3 +118,41 @@ class CursorPagination(pagination.CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 1000
     ordering = "-id"
+
+
+class StoreBoundSerializer(serializers.ModelSerializer):
+    """A model serializer whose ``store`` is one of the request's stores (fixed once created).
+
+    Fields listed in ``segment_fields`` (many-to-many segment ids) only accept segments of those
+    stores: another store's ids do not exist here.
+    """
+
+    store = serializers.PrimaryKeyRelatedField(queryset=Store.objects.none())
+    segment_fields: tuple[str, ...] = ()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            stores = request_stores(request)
+            self.fields["store"].queryset = stores
+            for name in self.segment_fields:
+                if name in self.fields:
+                    from segments.models import Segment
+
+                    self.fields[name].child_relation.queryset = Segment.objects.filter(store__in=stores)
+        if self.instance is not None and not isinstance(self.instance, list | tuple):
+            self.fields["store"].read_only = True
+
+    def check_segments(self, store, segments, field: str) -> None:
+        if any(s.store_id != store.pk for s in segments):
+            raise serializers.ValidationError({field: ["Choose segments of the same store."]})
+
+
+class StoreWriteCheckedMixin:
+    """Creating needs write access to the chosen store (a read key or a viewer gets 403)."""
+
+    def perform_create(self, serializer):
+        if not request_can_write(self.request, serializer.validated_data["store"].pk):
+            raise PermissionDenied()
+        serializer.save()
