@@ -208,6 +208,15 @@ def _summary_mail(job: SyncJob) -> tuple[str, str]:
         lines.append(_("Tags added: %(adds)s, removed: %(removes)s") % plan)
         if plan.get("at_tag_limit"):
             lines.append(_("Customers at Shopify's 250-tag limit (not tagged): %(n)s") % {"n": plan["at_tag_limit"]})
+    summary = job.summary or {}
+    if job.kind == SyncJobKind.PARTNER_PUSH and "pushed" in summary:
+        lines.append(_("Channel Talk users updated: %(pushed)s, unchanged: %(unchanged)s") % summary)
+        for reason, n in (summary.get("skipped") or {}).items():
+            lines.append(_("Not pushed (%(reason)s): %(n)s") % {"reason": reason, "n": n})
+    if job.kind == SyncJobKind.METRICS_BACKFILL and summary.get("days"):
+        lines.append(_("%(snapshots)s snapshots over %(days)s days (%(first)s – %(last)s)") % summary)
+        for slug, why in (summary.get("approximate") or {}).items():
+            lines.append(_("Approximate: %(slug)s (%(why)s)") % {"slug": slug, "why": why})
     for key in ("customers", "products", "orders"):
         counts = (job.summary or {}).get(key)
         if isinstance(counts, dict):

@@ -100,6 +100,8 @@ class Journey(models.Model):
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="journeys", verbose_name=_("store"))
     name = models.CharField(_("name"), max_length=200)
     description = models.TextField(_("description"), blank=True)
+    group = models.ForeignKey("segments.SegmentGroup", on_delete=models.SET_NULL, null=True, blank=True,
+                              related_name="journeys", verbose_name=_("made from group"))
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
     class Meta:

@@ -75,6 +75,17 @@ class SegmentGroupAdmin(StoreScopedAdmin):
     list_display = ("name", "store")
     list_filter = ("store",)
     search_fields = ("name",)
+    actions = ("journey_selected",)
+
+    @admin.action(description=_("Make a journey of each selected group"), permissions=["change"])
+    def journey_selected(self, request, queryset):
+        from metrics.services import journey_from_group
+
+        for group in queryset.filter(store__in=writable_stores(request)):
+            journey = journey_from_group(group)
+            url = reverse("admin:metrics_journey_change", args=[journey.pk])
+            self.message_user(request, format_html(gettext('Journey <a href="{}">{}</a>: order its stages there.'),
+                                                   url, journey.name), messages.SUCCESS)
 
 
 class ConditionSegmentForm(forms.ModelForm):

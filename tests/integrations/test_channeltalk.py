@@ -101,6 +101,7 @@ def test_a_push_job_with_progress_and_holdout_members_left_out(store, channel, d
         job = channeltalk_push_start(store=store)
     job.refresh_from_db()
     assert job.status == "succeeded" and job.summary["pushed"] == 2 and (job.done, job.total) == (2, 2)
+    assert "Channel Talk users updated: 2, unchanged: 0" in mail.outbox[-1].body
     held = set(frozen.memberships.filter(holdout=True).values_list("customer__shopify_id", flat=True))
     assert not held & {int(m) for m in channel.state.users}
     assert ChannelTalkUser.objects.count() == 2

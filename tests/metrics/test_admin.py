@@ -104,3 +104,16 @@ def test_insight_pages_and_their_csv(staff_client, shop):
         assert changelist.status_code == 200
     assert staff_client.get(reverse("admin:metrics_segmentsnapshot_changelist")).status_code == 200
     assert staff_client.get(reverse("admin:metrics_pipelinerun_changelist")).status_code == 200
+
+
+def test_segment_groups_become_journeys_from_the_admin(staff_client, shop):
+    from segments.models import SegmentGroup
+
+    store, buyers, repeat = shop
+    group = SegmentGroup.objects.create(store=store, name="growth")
+    group.segments.add(buyers, repeat)
+    response = staff_client.post(reverse("admin:segments_segmentgroup_changelist"),
+                                 {"action": "journey_selected", "_selected_action": [group.pk]})
+    assert response.status_code == 302
+    journey = Journey.objects.get(group=group)
+    assert [s.segment_id for s in journey.stages.all()] == [repeat.pk, buyers.pk]  # by name: リ before 購

@@ -193,3 +193,19 @@ def test_campaign_targets_against_holdout_with_lift_and_interval(store):
     assert result.incremental_revenue == pytest.approx(1000.0)
     no_holdout = campaign_results(a_list(store, targets), dt.date(2025, 6, 10), dt.date(2025, 6, 16))
     assert no_holdout.holdout is None and no_holdout.conversion_difference == (None, None, None)
+
+
+def test_a_segment_group_becomes_a_journey_whose_stages_follow_the_group(store):
+    from metrics.services import journey_from_group
+    from segments.models import SegmentGroup
+
+    group = SegmentGroup.objects.create(store=store, name="ライフサイクル")
+    first, repeat = (Segment.objects.create(store=store, name=n, slug=n, rule={}) for n in ("a-first", "b-repeat"))
+    group.segments.add(first, repeat)
+    journey = journey_from_group(group)
+    assert (journey.name, [s.segment_id for s in journey.stages.all()]) == ("ライフサイクル", [first.pk, repeat.pk])
+    loyal = Segment.objects.create(store=store, name="c-loyal", slug="c-loyal", rule={})
+    group.segments.remove(first)
+    group.segments.add(loyal)
+    again = journey_from_group(group)
+    assert again.pk == journey.pk and [s.segment_id for s in again.stages.all()] == [repeat.pk, loyal.pk]
