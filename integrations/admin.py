@@ -10,7 +10,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from ecpower.admin_access import OWNER_ONLY, StoreScopedAdmin, writable_stores
+from ecpower.admin_access import OWNER_ONLY, StoreScopedAdmin, StoreScopedInline, writable_stores
 from integrations.http import PartnerError
 from integrations.jobs import import_start
 from integrations.models import (
@@ -218,7 +218,7 @@ class WebhookEndpointForm(forms.ModelForm):
         return url
 
 
-class WebhookAttemptInline(admin.TabularInline):
+class WebhookAttemptInline(StoreScopedInline, admin.TabularInline):
     model = WebhookAttempt
     fields = ("attempted_at", "status_code", "duration_ms", "error")
     readonly_fields = fields
@@ -226,10 +226,7 @@ class WebhookAttemptInline(admin.TabularInline):
     can_delete = False
 
     def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
+        return False  # attempts are written by the sender only
 
 
 @admin.register(WebhookEndpoint)

@@ -36,6 +36,7 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
+import requests
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
@@ -230,7 +231,7 @@ def message_send(message_id: int, *, now: dt.datetime | None = None) -> str:
         status_code = response.status_code
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}: {response.text[:300]}"
-    except Exception as exc:  # any network failure is an attempt that failed; it is logged and retried
+    except requests.RequestException as exc:  # a network failure: an attempt that failed, logged and retried
         error = f"{type(exc).__name__}: {exc}"[:1000]
     duration = int((time.monotonic() - started) * 1000)
     WebhookAttempt.objects.create(message=message, status_code=status_code, error=error, duration_ms=duration)

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from ecpower.admin_access import admin_stores, require_write, scoped, scoped_object_or_404
-from ecpower.commerce.models import Store
+from ecpower.commerce.models import CustomerTagEvent, Store
 from metrics import charts, insights
 from metrics.models import Campaign, Journey, SegmentSnapshot
 from metrics.snapshots import approximate_note
@@ -118,7 +118,9 @@ class MetricsAdminViews:
             chart_data=charts.segment_charts(segment, since, until), latest=latest,
             recent=list(snapshots[:14]), since=since, until=until,
             approximate_days=snapshots.filter(approximate=True).count(),
-            approximate_note=approximate_note("tags_before_history"),
+            approximate_note=approximate_note(
+                "tags_before_history" if CustomerTagEvent.objects.filter(store=segment.store).exists()
+                else "tags_without_history"),
         )
         return TemplateResponse(request, "admin/metrics/segment_metrics.html", context)
 

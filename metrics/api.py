@@ -134,9 +134,9 @@ class SegmentMetricsActions:
         from integrations.aitrillion.mappings import attribute_distribution
 
         segment = self.get_object()
-        in_store = attribute_distribution(store=segment.store)
+        in_store = {attribute: dict(rows) for attribute, rows in attribute_distribution(store=segment.store).items()}
         return Response({"attributes": {
-            attribute: [{"value": v, "members": n, "store_customers": dict(in_store.get(attribute, [])).get(v, 0)}
+            attribute: [{"value": v, "members": n, "store_customers": in_store.get(attribute, {}).get(v, 0)}
                         for v, n in rows]
             for attribute, rows in attribute_distribution(store=segment.store, segment=segment).items()}})
 

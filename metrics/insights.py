@@ -24,6 +24,7 @@ from django.db.models.functions import Coalesce, TruncMonth
 
 from ecpower.commerce.models import Customer, CustomerTag, LineItem, Order, Store
 from metrics.models import Journey
+from metrics.snapshots import days_between_sql
 from segments import rfm
 from segments.models import Membership, MembershipEvent, MembershipEventKind, Segment
 from segments.selectors import store_today
@@ -157,12 +158,6 @@ def cohorts(store: Store, segment: Segment | None = None, months: int = 12) -> l
 # --- RFM ----------------------------------------------------------------------------------------------
 
 
-def _days_between(later: str, earlier: str) -> str:
-    if connection.vendor == "postgresql":
-        return f"EXTRACT(EPOCH FROM ({later} - {earlier})) / 86400.0"
-    return f"(julianday({later}) - julianday({earlier}))"
-
-
 @dataclass
 class RfmSummary:
     customers: int
@@ -183,7 +178,7 @@ def rfm_summary(store: Store, segment: Segment | None = None, now: dt.datetime |
     now_sql = "CAST(%s AS timestamptz)" if connection.vendor == "postgresql" else "%s"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"""SELECT grp, r, (f + m + 1) / 2, COUNT(*), SUM(n), SUM(spent), SUM({_days_between(now_sql, 'last_at')})
+            f"""SELECT grp, r, (f + m + 1) / 2, COUNT(*), SUM(n), SUM(spent), SUM({days_between_sql(now_sql, 'last_at')})
                 FROM ({scores}) rfm {where} GROUP BY grp, r, (f + m + 1) / 2""",
             [now, *params, *extra],
         )

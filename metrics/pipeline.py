@@ -259,10 +259,10 @@ def step_partners(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
             problems.append(_("webhooks: %(n)d not delivered yet") % {"n": webhooks["failed"] + webhooks["retry"]})
     if not summary:
         raise StepSkipped(_("no partner integration is configured for this store"))
+    if problems and len(problems) == len(summary):  # every configured partner failed
+        raise RuntimeError("; ".join(problems))
     if problems:
         summary["failed"] = problems
-        if len(problems) == len(summary) - 1:
-            raise RuntimeError("; ".join(problems))
     return (SyncJobStatus.PARTIAL if problems else SyncJobStatus.SUCCEEDED), summary
 
 

@@ -251,8 +251,8 @@ def _snapshot_day(store, day, progress) -> SnapshotResult:
     result = SnapshotResult()
     _walk(store, segments, [day], seed=day - dt.timedelta(days=1), source=SnapshotSource.DAILY, result=result,
           progress=progress, keep_members=False)
-    behind = [s for s in segments if not SnapshotCursor.objects.filter(segment=s, date__gte=day).exists()]
-    if behind:
+    caught_up = SnapshotCursor.objects.filter(segment__in=segments, date__gte=day).count()
+    if caught_up < len(segments):
         snapshots_update(store=store, until=day, progress=progress)
     result.segments = len(segments)
     return result
@@ -375,7 +375,8 @@ def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, resul
     return notes
 
 
-def _days_between(later: str, earlier: str) -> str:
+def days_between_sql(later: str, earlier: str) -> str:
+    """SQL for the days (fractional) between two timestamp expressions, on PostgreSQL and SQLite."""
     if connection.vendor == "postgresql":
         return f"EXTRACT(EPOCH FROM ({later} - {earlier})) / 86400.0"
     return f"(julianday({later}) - julianday({earlier}))"
@@ -401,7 +402,7 @@ def _measure(cursor, store: Store, segments: list[Segment], day: dt.date, previo
     cursor.execute(
         f"""SELECT c.segment_id, COUNT(*), COUNT(s.customer_id), SUM(CASE WHEN s.n >= 2 THEN 1 ELSE 0 END),
                    SUM(s.spent), SUM(s.n), SUM(s.spent * 1.0 / s.n),
-                   SUM(CASE WHEN s.n >= 2 THEN {_days_between('s.last_at', 's.first_at')} / (s.n - 1) END)
+                   SUM(CASE WHEN s.n >= 2 THEN {days_between_sql('s.last_at', 's.first_at')} / (s.n - 1) END)
             FROM {CURRENT} c LEFT JOIN {STATS} s ON s.customer_id = c.customer_id
             GROUP BY c.segment_id"""
     )

@@ -21,7 +21,14 @@ from django.utils.translation import gettext as _
 from ecpower.commerce.models import Customer, Store
 from integrations.channeltalk.client import ChannelTalkClient
 from integrations.http import PartnerError
-from integrations.models import ChannelTalkConnection, ChannelTalkUser, MemberIdSource, SyncJob, SyncJobKind
+from integrations.models import (
+    ChannelTalkConnection,
+    ChannelTalkUser,
+    MemberIdSource,
+    SyncJob,
+    SyncJobKind,
+    SyncJobStatus,
+)
 from segments.models import Membership, Segment
 
 CHUNK = 1000
@@ -116,8 +123,6 @@ def channeltalk_push(*, store: Store, client: ChannelTalkClient | None = None, p
 
 @transaction.atomic
 def channeltalk_push_start(*, store: Store, user=None) -> SyncJob:
-    from integrations.jobs import SyncJobStatus
-
     connection_for(store)
     running = SyncJob.objects.filter(store=store, kind=SyncJobKind.PARTNER_PUSH, pipeline_run__isnull=True,
                                      status__in=[SyncJobStatus.PENDING, SyncJobStatus.RUNNING]).first()
@@ -138,7 +143,7 @@ def channeltalk_push_start(*, store: Store, user=None) -> SyncJob:
 
 def channeltalk_push_run(job_id: int) -> str:
     """Run one push job; a transient outage leaves it for the retry, which sends only what is left."""
-    from integrations.jobs import SyncJobStatus, job_claim, job_progress, sync_job_finish
+    from integrations.jobs import job_claim, job_progress, sync_job_finish
 
     job = job_claim(job_id)
     if job is None:

@@ -160,3 +160,22 @@ def test_channel_talk_settings_over_the_api(store, channel, django_capture_on_co
         pushed = client.post(reverse("channel-talk-push", args=[connection.pk]))
     assert pushed.status_code == 202 and SyncJob.objects.get(pk=pushed.json()["id"]).status == "succeeded"
     assert channel.state.users["7002"]["profile"] == {"segments": "リピーター"}
+
+
+def test_a_failing_partner_fails_the_step_and_a_working_one_makes_it_partial(store, channel):
+    from metrics.models import PipelineRun
+    from metrics.pipeline import pipeline_run
+
+    ChannelTalkConnection.objects.filter(store=store).update(access_secret="wrong")
+    run = PipelineRun.objects.create(store=store, date=dt.date.today())
+    pipeline_run(run.pk)
+    run.refresh_from_db()
+    assert run.summary["partners"]["status"] == "failed" and "refused the API key" in run.summary["partners"]["error"]
+
+    from integrations.outbound import webhook_endpoint_create
+
+    webhook_endpoint_create(store=store, name="BI", url="https://partner.example.jp/hook", events=["sync_job.finished"])
+    second = PipelineRun.objects.create(store=store, date=dt.date.today() + dt.timedelta(days=1))
+    pipeline_run(second.pk)
+    second.refresh_from_db()
+    assert second.summary["partners"]["status"] == "partial"
