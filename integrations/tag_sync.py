@@ -18,6 +18,7 @@ Only tags starting with the store's prefix are written, and only ledger tags are
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -223,15 +224,19 @@ def _drain_bulk(job: SyncJob, client: ShopifyClient, result: DrainResult) -> Non
             if not ops:
                 break
             chunk = waiting.filter(id__lte=ops[-1].pk)  # exactly these rows, without a huge IN list
-            content = "".join(
-                json.dumps({"id": gid("Customer", op.shopify_customer_id), "tags": [op.tag]}) + "\n" for op in ops
-            ).encode()
+            content = "".join(bulk_mutation_lines(ops)).encode()
             key = client.staged_upload(f"ecpower-job-{job.pk}-{action}.jsonl", content)
             operation_id = client.bulk_mutation(mutation, key, client_identifier=f"ecpower-job-{job.pk}")
             result.bulk_operations += 1
             # Recorded at once: the line order of the file maps results back to these rows.
             chunk.update(bulk_operation=operation_id)
             _bulk_finish(job, client, operation_id, result)
+
+
+def bulk_mutation_lines(ops) -> Iterator[str]:
+    """The bulk mutation file's lines, one per operation in order (results come back by line number)."""
+    for op in ops:
+        yield json.dumps({"id": gid("Customer", op.shopify_customer_id), "tags": [op.tag]}) + "\n"
 
 
 def _bulk_finish(job: SyncJob, client: ShopifyClient, operation_id: str, result: DrainResult) -> None:

@@ -427,6 +427,10 @@ class EvaluationContext:
     notes: set[str] = field(default_factory=set)
     # attribute → {value: tag names mapping to it}, from the store's tag mappings (partner attributes).
     tag_values: Callable[[str], dict[str, set[str]]] | None = None
+    # Only these customers are evaluated (an SQL subquery of ids, e.g. the customers an order touched):
+    # every subquery over orders, line items, tags and memberships is restricted to them too, so an
+    # incremental update reads their rows instead of aggregating the whole store.
+    scope: RawSQL | None = None
     _stack: list[str] = field(default_factory=list)
 
     @property
@@ -446,11 +450,17 @@ class EvaluationContext:
 
 
 def universe(context: EvaluationContext) -> QuerySet:
-    """The store's customers as of the evaluation day."""
-    customers = Customer.objects.filter(store=context.store)
+    """The store's customers as of the evaluation day (only those in scope when the context has one)."""
+    customers = _scoped(Customer.objects.filter(store=context.store), "pk", context)
     if context.historical:
         customers = customers.exclude(shopify_created_at__gte=context.cutoff)
     return customers
+
+
+def _scoped(queryset: QuerySet, column: str, context: EvaluationContext) -> QuerySet:
+    if context.scope is None:
+        return queryset
+    return queryset.filter(**{f"{column}__in": context.scope})
 
 
 def members_queryset(tree: dict, context: EvaluationContext) -> QuerySet:
@@ -539,9 +549,9 @@ def _text_in(column: str, values: list[str]) -> Q:
 
 
 def _counted_orders(context: EvaluationContext) -> QuerySet:
-    return Order.objects.filter(
+    return _scoped(Order.objects.filter(
         store=context.store, customer__isnull=False, ordinal__isnull=False, created_at__lt=context.cutoff
-    )
+    ), "customer_id", context)
 
 
 def _aggregate_q(grouped: QuerySet, alias: str, op: str, value: Any, zero: Any) -> Q:
@@ -682,17 +692,19 @@ def _tagged(context: EvaluationContext, *, iexact: str | None = None, names: set
     which = Q(name__iexact=iexact) if iexact is not None else Q(name__in=sorted(names or ()))
     if names is not None and not names:
         return CustomerTag.objects.none().values("customer_id")
+    tags = _scoped(CustomerTag.objects.filter(which, store=context.store), "customer_id", context)
     if not context.historical:
-        return CustomerTag.objects.filter(which, store=context.store).values("customer_id")
+        return tags.values("customer_id")
     start = context.tag_history_start
     if start is None:
         context.notes.add("tags_without_history")
-        return CustomerTag.objects.filter(which, store=context.store).values("customer_id")
+        return tags.values("customer_id")
     at = context.cutoff
     if at <= start:
         context.notes.add("tags_before_history")
         at = context.start_of(start.astimezone(context.store.zone).date() + dt.timedelta(days=1))
-    events = CustomerTagEvent.objects.filter(which, store=context.store, occurred_at__lt=at)
+    events = _scoped(CustomerTagEvent.objects.filter(which, store=context.store, occurred_at__lt=at),
+                     "customer_id", context)
     later = events.filter(customer_id=OuterRef("customer_id"), name=OuterRef("name")).filter(
         Q(occurred_at__gt=OuterRef("occurred_at")) | Q(occurred_at=OuterRef("occurred_at"), id__gt=OuterRef("id"))
     )
@@ -700,12 +712,12 @@ def _tagged(context: EvaluationContext, *, iexact: str | None = None, names: set
 
 
 def _products_purchased(params: dict, context: EvaluationContext) -> Q:
-    lines = LineItem.objects.filter(
+    lines = _scoped(LineItem.objects.filter(
         store=context.store,
         order__customer__isnull=False,
         order__ordinal__isnull=False,
         order__created_at__lt=context.cutoff,
-    )
+    ), "order__customer_id", context)
     for name, param in params.items():
         op, value = param["op"], param["value"]
         values = value if op == "in" else [value]
@@ -779,4 +791,4 @@ def _in_segment(slug: str, context: EvaluationContext) -> Q:
             return compile_rule(segment.rule, context)
         finally:
             context._stack.pop()
-    return Q(pk__in=Membership.objects.filter(segment=segment).values("customer_id"))
+    return Q(pk__in=_scoped(Membership.objects.filter(segment=segment), "customer_id", context).values("customer_id"))

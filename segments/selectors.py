@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Min, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -24,7 +25,8 @@ def store_today(store: Store) -> dt.date:
     return timezone.now().astimezone(store.zone).date()
 
 
-def evaluation_context(*, store: Store, as_of: dt.date | None = None) -> rules.EvaluationContext:
+def evaluation_context(*, store: Store, as_of: dt.date | None = None, scope: RawSQL | None = None
+                       ) -> rules.EvaluationContext:
     today = store_today(store)
     cache: dict[str, Segment] = {}
 
@@ -52,7 +54,7 @@ def evaluation_context(*, store: Store, as_of: dt.date | None = None) -> rules.E
         return values[attribute]
 
     return rules.EvaluationContext(store=store, as_of=as_of, today=today, segment=segment,
-                                   tag_history_start=history_start, tag_values=tag_values)
+                                   tag_history_start=history_start, tag_values=tag_values, scope=scope)
 
 
 def segment_exists_checker(store: Store):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 from django.db.models import Max, Q, QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
@@ -41,6 +42,9 @@ CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
 # Customer ids per statement when only some customers are recomputed.
 CUSTOMER_CHUNK_SIZE = 2000
 STAGING_TABLE = "ecp_segment_staging"
+# Customers an incremental recompute is limited to (customers_segments_recompute).
+SCOPE_TABLE = "ecp_customer_scope"
+SCOPE_SQL = f"SELECT customer_id FROM {SCOPE_TABLE}"
 
 
 class SegmentBusy(Exception):
@@ -206,16 +210,19 @@ def segment_recompute(*, segment: Segment, as_of: dt.date | None = None) -> Reco
 
 
 def membership_apply(
-    segment: Segment, members: QuerySet | Sequence[int], as_of: dt.date, scope: Sequence[int] | None = None
+    segment: Segment, members: QuerySet | Sequence[int], as_of: dt.date, scope: Sequence[int] | str | None = None
 ) -> tuple[int, int, int]:
-    """Make stored membership equal ``members`` (within ``scope`` customer ids if given).
+    """Make stored membership equal ``members`` (within ``scope`` if given) and return (joined, left, members).
 
-    ``members`` is a query of customer ids, or the ids themselves. Returns (joined, left, members).
+    ``members`` is a query of customer ids, or the ids themselves. ``scope`` is a list of customer
+    ids or an SQL subquery selecting them (``SCOPE_SQL``): members outside it are left alone.
     """
     membership, events = Membership._meta.db_table, MembershipEvent._meta.db_table
     now = timezone.now()
     scope_sql, scope_params = "", []
-    if scope is not None:
+    if isinstance(scope, str):
+        scope_sql = f" AND m.customer_id IN ({scope})"
+    elif scope is not None:
         scope_sql = f" AND m.customer_id IN ({', '.join(['%s'] * len(scope))})"
         scope_params = list(scope)
     with connection.cursor() as cursor:
@@ -302,28 +309,39 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
 def customers_segments_recompute(
     *, store: Store, customer_ids: Iterable[int], as_of: dt.date | None = None
 ) -> dict[str, tuple[int, int]]:
-    """Recompute every condition segment for these customers only (after an order webhook).
+    """Recompute every condition segment for these customers only (after orders or a webhook).
 
-    Returns {slug: (joined, left)} for segments that changed. Segment counts are refreshed.
+    The ids go to a temporary table once; each segment's rule is evaluated with that scope pushed
+    into every subquery (rules.EvaluationContext.scope), so the cost follows the customers touched,
+    not the store. Returns {slug: (joined, left)} for segments that changed; counts are refreshed.
     """
     ids = sorted(set(customer_ids))
+    if not ids:
+        return {}
     ordered, _cyclic = dependency_order(Segment.objects.filter(store=store, kind=SegmentKind.CONDITION))
     changes: dict[str, tuple[int, int]] = {}
-    context = evaluation_context(store=store, as_of=as_of)
     with transaction.atomic():
+        _scope_fill(ids)
+        context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(SCOPE_SQL, []))
         for segment in ordered:
-            condition = rules.compile_rule(segment.rule, context)
-            joined = left = 0
-            count = segment.member_count
-            for start in range(0, len(ids), CUSTOMER_CHUNK_SIZE):
-                chunk = ids[start : start + CUSTOMER_CHUNK_SIZE]
-                members = rules.universe(context).filter(condition, pk__in=chunk).values_list("id", flat=True)
-                j, lft, count = membership_apply(segment, members, context.as_of, scope=chunk)
-                joined, left = joined + j, left + lft
+            members = rules.members_queryset(segment.rule, context).values_list("id", flat=True)
+            joined, left, count = membership_apply(segment, members, context.as_of, scope=SCOPE_SQL)
             if joined or left:
                 changes[segment.slug] = (joined, left)
                 Segment.objects.filter(pk=segment.pk).update(member_count=count)
     return changes
+
+
+def _scope_fill(ids: Sequence[int]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {SCOPE_TABLE} (customer_id bigint PRIMARY KEY)")
+        cursor.execute(f"DELETE FROM {SCOPE_TABLE}")
+        for start in range(0, len(ids), CUSTOMER_CHUNK_SIZE):
+            chunk = ids[start : start + CUSTOMER_CHUNK_SIZE]
+            cursor.execute(f"INSERT INTO {SCOPE_TABLE} (customer_id) VALUES {', '.join(['(%s)'] * len(chunk))}",
+                           chunk)
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {SCOPE_TABLE}")
 
 
 def templates_add(*, store: Store, slugs: Iterable[str] | None = None, user=None) -> list[Segment]:

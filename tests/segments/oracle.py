@@ -33,20 +33,23 @@ def compare(actual, op, value) -> bool:
 
 
 class Oracle:
-    def __init__(self, store, *, as_of: dt.date, today: dt.date):
+    def __init__(self, store, *, as_of: dt.date, today: dt.date, customer_ids: list[int] | None = None):
+        """Loads the store, or only ``customer_ids`` (the benchmark's naive per-customer baseline)."""
         self.store, self.as_of, self.today = store, as_of, today
         self.zone = store.zone
         self.cutoff = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time.min, tzinfo=self.zone)
-        self.customers = list(Customer.objects.filter(store=store))
+        only = {} if customer_ids is None else {"customer_id__in": customer_ids}
+        self.customers = list(Customer.objects.filter(
+            store=store, **({} if customer_ids is None else {"pk__in": customer_ids})))
         self.tags = defaultdict(set)
-        for customer_id, name in CustomerTag.objects.filter(store=store).values_list("customer_id", "name"):
+        for customer_id, name in CustomerTag.objects.filter(store=store, **only).values_list("customer_id", "name"):
             self.tags[customer_id].add(name.lower())
         self.products = {p.pk: p for p in Product.objects.filter(store=store)}
         self.product_tags = defaultdict(set)
         for product_id, name in ProductTag.objects.filter(store=store).values_list("product_id", "name"):
             self.product_tags[product_id].add(name.lower())
         all_counted = [
-            o for o in Order.objects.filter(store=store)
+            o for o in Order.objects.filter(store=store, **only)
             if o.customer_id and o.cancelled_at is None and not o.test
         ]
         all_counted.sort(key=lambda o: (o.created_at, o.pk))
@@ -59,11 +62,15 @@ class Oracle:
             if order.created_at < self.cutoff:
                 self.orders[order.customer_id].append(order)
         self.lines = defaultdict(list)
-        for line in LineItem.objects.filter(store=store):
+        lines = LineItem.objects.filter(store=store)
+        if customer_ids is not None:
+            lines = lines.filter(order__customer_id__in=customer_ids)
+        for line in lines:
             self.lines[line.order_id].append(line)
         self.segments = {s.slug: s for s in Segment.objects.filter(store=store)}
         self.members = defaultdict(set)
-        for slug, customer_id in Membership.objects.filter(store=store).values_list("segment__slug", "customer_id"):
+        for slug, customer_id in Membership.objects.filter(store=store, **only).values_list(
+                "segment__slug", "customer_id"):
             self.members[slug].add(customer_id)
 
     def local_date(self, moment: dt.datetime | None) -> dt.date | None:
