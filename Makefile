@@ -60,14 +60,20 @@ lint: venv
 	$(BIN)/ruff check .
 	DJANGO_DEBUG=1 DATABASE_URL=sqlite://:memory: $(BIN)/python manage.py makemigrations --check --dry-run
 
-# Benchmarks on PostgreSQL in their own database (tests/bench/README.md); results in bench-results/.
+# Benchmarks on PostgreSQL in their own database, the multi-store run on Redis database 7
+# (docs/performance.md); results in bench-results/. BENCH_CUSTOMERS=1000000 for the full-size run.
 BENCH_CUSTOMERS ?= 100000
+BENCH_STORES ?= 200
+BENCH_STORE_CUSTOMERS ?= 5000
+BENCH_BIG_STORE ?= 200000
 BENCH_URL := postgres://postgres@127.0.0.1:5432/ecpower_bench
+BENCH_REDIS := redis://127.0.0.1:6379/7
 bench: venv
 	createdb -h 127.0.0.1 -U postgres ecpower_bench 2>/dev/null || true
 	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python manage.py migrate --noinput -v0
-	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python tests/bench/segments_recompute.py --customers $(BENCH_CUSTOMERS)
-	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python tests/bench/tag_sync_throughput.py
+	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python tests/bench/suite.py --customers $(BENCH_CUSTOMERS)
+	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 REDIS_URL=$(BENCH_REDIS) $(BIN)/python tests/bench/multistore.py \
+		--stores $(BENCH_STORES) --store-customers $(BENCH_STORE_CUSTOMERS) --big-store $(BENCH_BIG_STORE)
 
 # Only the tag-sync throughput benchmark (about 2 minutes: the per-call path waits for Shopify's bucket).
 bench-tags: venv

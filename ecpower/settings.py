@@ -98,6 +98,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
          "transaction_mode": "IMMEDIATE"}
     )
 
+elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
+    # Segment queries negate subqueries (NOT IN): PostgreSQL hashes the subquery only when it fits in
+    # work_mem, else it rescans it per customer, which at a million customers takes hours instead of
+    # seconds. Sized for a 1M-customer store (docs/performance.md); per sort/hash node, per connection.
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
+        f"-c work_mem={env_str('DATABASE_WORK_MEM', default='128MB')}")
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -169,6 +176,8 @@ else:
 Q_CLUSTER["sync"] = env_bool("Q_SYNC", False)
 
 # --- ecpower ------------------------------------------------------------------------------------
+# Connections one recompute of a store's segments uses side by side on PostgreSQL (docs/performance.md).
+SEGMENT_RECOMPUTE_THREADS = env_int("ECPOWER_RECOMPUTE_THREADS", 2)
 # Largest CSV file accepted from an upload (bytes).
 CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_CSV_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
 # Largest CSV file accepted to make a list segment (bytes).

@@ -18,7 +18,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from ecpower.commerce.models import MONEY, Customer, Store
-from segments.models import Segment
+from segments.models import UNCHECKED, Segment
 
 
 class SnapshotSource(models.TextChoices):
@@ -78,9 +78,14 @@ class SegmentSnapshot(models.Model):
 class SnapshotMember(models.Model):
     """A member of ``segment`` at the end of its latest snapshot day."""
 
-    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
-    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="+", verbose_name=_("segment"))
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", verbose_name=_("customer"))
+    # Members × segments rows, moved in bulk every day: references unchecked by the database and only
+    # the unique index, as for segments.Membership (docs/performance.md).
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
+                              **UNCHECKED)
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="+", verbose_name=_("segment"),
+                                db_index=False)  # indexed by snapshot_member_unique
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", verbose_name=_("customer"),
+                                 **UNCHECKED)
 
     class Meta:
         verbose_name = _("snapshot member")

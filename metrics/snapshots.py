@@ -29,8 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.core.exceptions import EmptyResultSet
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Min
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -323,9 +325,10 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
                 result.snapshots += len(live)
                 if keep_members and index == total - 1:
                     _keep_members(cursor, store, live, day)
-                cursor.execute(f"DELETE FROM {PREVIOUS}")
-                cursor.execute(f"INSERT INTO {PREVIOUS} (segment_id, customer_id) "
-                               f"SELECT segment_id, customer_id FROM {CURRENT}")
+                if index < total - 1:  # the next day diffs against this one
+                    cursor.execute(f"DELETE FROM {PREVIOUS}")
+                    cursor.execute(f"INSERT INTO {PREVIOUS} (segment_id, customer_id) "
+                                   f"SELECT segment_id, customer_id FROM {CURRENT}")
         previous_day = day
         _lock_heartbeat(store)
         result.days += 1
@@ -354,6 +357,15 @@ def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, resul
     """Fill ``into`` with each segment's members at the end of ``day``; returns what was approximated."""
     cursor.execute(f"DELETE FROM {into}")
     context = evaluation_context(store=store, as_of=day)
+    done: dict[str, int] = {}  # segments are in dependency order: in_segment reads what is already in ``into``
+
+    def evaluated(slug: str) -> RawSQL | None:
+        if slug not in done:
+            return None
+        context.notes |= notes.get(done[slug], set())  # what the referenced segment approximated
+        return RawSQL(f"SELECT customer_id FROM {into} WHERE segment_id = %s", [done[slug]])
+
+    context.evaluated = evaluated
     notes: dict[int, set[str]] = {}
     for segment in segments:
         if segment.kind == SegmentKind.LIST:
@@ -367,9 +379,13 @@ def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, resul
                 logger.warning("snapshot of segment %s skipped: %s", segment.pk, exc)
                 continue
             notes[segment.pk] = set(context.notes)
-        sql, params = members.query.sql_with_params()
+        try:
+            sql, params = members.query.sql_with_params()
+        except EmptyResultSet:  # the rule provably matches nobody
+            continue
         cursor.execute(f"INSERT INTO {into} (segment_id, customer_id) SELECT %s, m.* FROM ({sql}) m",
                        [segment.pk, *params])
+        done[segment.slug] = segment.pk
     if connection.vendor == "postgresql":
         cursor.execute(f"ANALYZE {into}")
     return notes
@@ -451,10 +467,15 @@ def _diff_counts(cursor, table: str, other: str) -> dict[int, int]:
 
 
 def _keep_members(cursor, store: Store, segments: list[Segment], day: dt.date) -> None:
+    """Make the kept members equal today's: only those who left or joined move (a day moves few)."""
     table = SnapshotMember._meta.db_table
-    cursor.execute(f"DELETE FROM {table} WHERE segment_id IN ({_ids(segments)})")
-    cursor.execute(f"INSERT INTO {table} (store_id, segment_id, customer_id) "
-                   f"SELECT %s, segment_id, customer_id FROM {CURRENT}", [store.pk])
+    cursor.execute(
+        f"DELETE FROM {table} WHERE segment_id IN ({_ids(segments)}) AND NOT EXISTS ("
+        f"SELECT 1 FROM {CURRENT} c WHERE c.segment_id = {table}.segment_id AND c.customer_id = {table}.customer_id)")
+    cursor.execute(
+        f"INSERT INTO {table} (store_id, segment_id, customer_id) SELECT %s, c.segment_id, c.customer_id "
+        f"FROM {CURRENT} c WHERE NOT EXISTS (SELECT 1 FROM {table} k "
+        f"WHERE k.segment_id = c.segment_id AND k.customer_id = c.customer_id)", [store.pk])
     versions = rule_versions(segments)
     for segment in segments:
         SnapshotCursor.objects.update_or_create(

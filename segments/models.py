@@ -157,13 +157,23 @@ class SegmentVersion(models.Model):
         return f"{self.segment} v{self.number}"
 
 
+# Membership and its events are the largest tables (members × segments) and are written in bulk on
+# every recompute. They keep only the indexes a named query uses (Meta below), and their store and
+# customer references are not checked by the database: each checked reference costs a deferred
+# trigger per inserted row, a third of a first recompute at 100k customers (docs/performance.md).
+# Django still cascades deletes of customers and stores to them, and store_data_delete removes
+# them before the customers.
+UNCHECKED = {"db_constraint": False, "db_index": False}
+
+
 class Membership(models.Model):
-    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
-    segment = models.ForeignKey(
-        Segment, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("segment")
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
+                              **UNCHECKED)
+    segment = models.ForeignKey(  # indexed by membership_unique
+        Segment, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("segment"), db_index=False
     )
-    customer = models.ForeignKey(
-        Customer, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("customer")
+    customer = models.ForeignKey(  # indexed by membership_customer
+        Customer, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("customer"), **UNCHECKED
     )
     since = models.DateField(_("member since"))
     # Held out of a list's campaign (measured, never tagged). db_default: recompute inserts with raw SQL.
@@ -191,12 +201,15 @@ class MembershipEventKind(models.TextChoices):
 
 
 class MembershipEvent(models.Model):
-    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
-    segment = models.ForeignKey(
-        Segment, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("segment")
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
+                              **UNCHECKED)
+    segment = models.ForeignKey(  # indexed by membership_event_segment_date
+        Segment, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("segment"),
+        db_index=False,
     )
-    customer = models.ForeignKey(
-        Customer, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("customer")
+    customer = models.ForeignKey(  # indexed by membership_event_customer_date
+        Customer, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("customer"),
+        **UNCHECKED
     )
     kind = models.CharField(_("event"), max_length=6, choices=MembershipEventKind.choices)
     date = models.DateField(_("date"), help_text=_("The evaluation date, in the store's time zone."))

@@ -131,6 +131,7 @@ PARAMS: dict[str, dict[str, Spec]] = {
     },
 }
 AGGREGATE_PARAMS = {"count", "sum_quantity", "sum_amount"}
+NO_ID = -1  # stands in for an empty id list: "IN ()" is not SQL
 MAPPED_ATTRIBUTES = ("loyalty_tier", "membership_plan", "affiliate_group", "signup_source")
 
 
@@ -431,6 +432,14 @@ class EvaluationContext:
     # every subquery over orders, line items, tags and memberships is restricted to them too, so an
     # incremental update reads their rows instead of aggregating the whole store.
     scope: RawSQL | None = None
+    # ("tag" | "id", values) → ids of the store's products that carry one of the tags / Shopify ids. Given
+    # as literals, the planner sees how many line items they select (a subquery over product tags
+    # hides it and gets nested loops over millions of rows).
+    product_ids: Callable[[str, list], list[int]] | None = None
+    # slug → SQL selecting that segment's members on the evaluation day when the caller has them already
+    # (the snapshot walk evaluates segments in dependency order into a table); else None, and a
+    # past day's in_segment inlines the referenced rule.
+    evaluated: Callable[[str], RawSQL | None] | None = None
     _stack: list[str] = field(default_factory=list)
 
     @property
@@ -721,7 +730,9 @@ def _products_purchased(params: dict, context: EvaluationContext) -> Q:
     for name, param in params.items():
         op, value = param["op"], param["value"]
         values = value if op == "in" else [value]
-        if name == "id":
+        if name == "id" and context.product_ids is not None:
+            lines = lines.filter(product_id__in=context.product_ids("id", values) or [NO_ID])
+        elif name == "id":
             lines = lines.filter(product__shopify_id__in=values)
         elif name == "sku":
             lines = lines.filter(_text_in("sku", values))
@@ -729,6 +740,8 @@ def _products_purchased(params: dict, context: EvaluationContext) -> Q:
             lines = lines.filter(_text_in("product_type", values) | _text_in("product__product_type", values))
         elif name == "vendor":
             lines = lines.filter(_text_in("vendor", values) | _text_in("product__vendor", values))
+        elif name == "tag" and context.product_ids is not None:
+            lines = lines.filter(product_id__in=context.product_ids("tag", values) or [NO_ID])
         elif name == "tag":
             tagged = ProductTag.objects.filter(_text_in("name", values), store=context.store)
             lines = lines.filter(product_id__in=tagged.values("product_id"))
@@ -782,6 +795,9 @@ def _in_segment(slug: str, context: EvaluationContext) -> Q:
     from segments.models import Membership, SegmentKind
 
     segment = context.segment(slug)
+    known = context.evaluated(slug) if context.evaluated else None
+    if known is not None:
+        return Q(pk__in=known)
     if segment.kind == SegmentKind.CONDITION and context.historical:
         if slug in context._stack:
             raise InvalidRule([RuleProblem("", _("Segments refer to each other in a cycle: %(cycle)s.")

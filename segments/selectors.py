@@ -7,12 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Min, QuerySet
+from django.db.models import Min, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.models import Customer, CustomerTagEvent, Store
+from ecpower.commerce.models import Customer, CustomerTagEvent, Product, ProductTag, Store
 from segments import rules
 from segments.models import Membership, MembershipEvent, Segment, SegmentKind
 from segments.query_language import to_text
@@ -53,8 +53,17 @@ def evaluation_context(*, store: Store, as_of: dt.date | None = None, scope: Raw
             values[attribute] = tag_names_by_value(store, attribute)
         return values[attribute]
 
+    def product_ids(param: str, values: list) -> list[int]:
+        if param == "id":
+            return sorted(Product.objects.filter(store=store, shopify_id__in=values).values_list("pk", flat=True))
+        names = Q()
+        for value in values:
+            names |= Q(name__iexact=value)
+        return sorted(set(ProductTag.objects.filter(names, store=store).values_list("product_id", flat=True)))
+
     return rules.EvaluationContext(store=store, as_of=as_of, today=today, segment=segment,
-                                   tag_history_start=history_start, tag_values=tag_values, scope=scope)
+                                   tag_history_start=history_start, tag_values=tag_values, scope=scope,
+                                   product_ids=product_ids)
 
 
 def segment_exists_checker(store: Store):

@@ -12,8 +12,11 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from django.conf import settings
+from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
 from django.db.models import Max, Q, QuerySet
 from django.db.models.expressions import RawSQL
@@ -229,8 +232,12 @@ def membership_apply(
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (customer_id bigint PRIMARY KEY)")
         cursor.execute(f"DELETE FROM {STAGING_TABLE}")
         if isinstance(members, QuerySet):
-            members_sql, members_params = members.query.sql_with_params()
-            cursor.execute(f"INSERT INTO {STAGING_TABLE} (customer_id) {members_sql}", members_params)
+            try:
+                members_sql, members_params = members.query.sql_with_params()
+            except EmptyResultSet:  # Django proved the rule matches nobody (e.g. a tag no mapping reads)
+                members_sql = None
+            if members_sql is not None:
+                cursor.execute(f"INSERT INTO {STAGING_TABLE} (customer_id) {members_sql}", members_params)
         else:
             cursor.executemany(f"INSERT INTO {STAGING_TABLE} (customer_id) VALUES (%s)", [(i,) for i in members])
         if connection.vendor == "postgresql":
@@ -285,7 +292,10 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
     """Recompute the store's condition segments, each after the segments it refers to.
 
     A failing segment is recorded (on itself and in the result) and the others still run;
-    segments caught in a reference cycle are refused.
+    segments caught in a reference cycle are refused. On PostgreSQL, segments that do not depend on
+    each other run side by side on ``SEGMENT_RECOMPUTE_THREADS`` connections (each its own
+    transaction), so a worker uses more than one core; inside an outer transaction they run one
+    after another, since other connections could not see its rows.
     """
     segments = Segment.objects.filter(store=store, kind=SegmentKind.CONDITION)
     ordered, cyclic = dependency_order(segments)
@@ -296,14 +306,43 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
         Segment.objects.filter(pk=segment.pk).update(status=SegmentStatus.FAILED, last_error=message)
         failed[segment.slug] = message
     results = []
-    for segment in ordered:
-        if wanted is not None and segment.slug not in wanted:
-            continue
-        try:
-            results.append(segment_recompute(segment=segment, as_of=as_of))
-        except Exception as exc:  # recorded on the segment by segment_recompute; keep going
-            failed[segment.slug] = str(exc)
+    threads = settings.SEGMENT_RECOMPUTE_THREADS
+    parallel = threads > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block
+    for wave in _waves([s for s in ordered if wanted is None or s.slug in wanted]):
+        if parallel and len(wave) > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                outcomes = list(pool.map(lambda s: _recompute_outcome(s, as_of, close=True), wave))
+        else:
+            outcomes = [_recompute_outcome(s, as_of) for s in wave]
+        for segment, outcome in zip(wave, outcomes, strict=True):
+            if isinstance(outcome, RecomputeResult):
+                results.append(outcome)
+            else:
+                failed[segment.slug] = outcome
     return StoreRecompute(results=results, failed=failed)
+
+
+def _waves(ordered: list[Segment]) -> list[list[Segment]]:
+    """Segments grouped so each group only refers to segments of earlier groups."""
+    level: dict[str, int] = {}
+    waves: list[list[Segment]] = []
+    for segment in ordered:  # dependency order: references come first
+        refs = rules.referenced_segments(segment.rule) if segment.rule else set()
+        level[segment.slug] = 1 + max((level[r] for r in refs if r in level), default=-1)
+        if level[segment.slug] == len(waves):
+            waves.append([])
+        waves[level[segment.slug]].append(segment)
+    return waves
+
+
+def _recompute_outcome(segment: Segment, as_of: dt.date | None, *, close: bool = False) -> RecomputeResult | str:
+    try:
+        return segment_recompute(segment=segment, as_of=as_of)
+    except Exception as exc:  # recorded on the segment by segment_recompute; the others keep going
+        return str(exc)
+    finally:
+        if close:
+            connection.close()  # this thread's own connection
 
 
 def customers_segments_recompute(

@@ -49,6 +49,13 @@ def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None =
     """
     if customer_ids is None:
         _refresh_scope(store.pk, None)
+        if connection.vendor == "postgresql":
+            # Every order's ordinal and every customer's facts just changed: without fresh statistics the
+            # planner believes yesterday's (e.g. "no order has an ordinal") and picks nested loops
+            # that take minutes at a million orders (docs/performance.md).
+            with connection.cursor() as cursor:
+                cursor.execute(f"ANALYZE {Order._meta.db_table}")
+                cursor.execute(f"ANALYZE {Customer._meta.db_table}")
         return
     ids = sorted(set(customer_ids))
     for chunk in _chunks(ids, FACTS_CHUNK_SIZE):

@@ -76,9 +76,11 @@ class Report:
 
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
-        ratio = f"{figure.ratio:,.1f}×" if figure.ratio is not None else ""
+        ratio = ""
+        if figure.ratio is not None:
+            ratio = f"{figure.ratio:,.1f}× faster" if figure.ratio >= 1 else f"{1 / figure.ratio:,.1f}× slower"
         met = {True: "met", False: "NOT met", None: ""}[figure.met]
-        print(f"  {figure.step:<46}{figure.seconds:>10.3f} s  {ratio:>10}  {figure.baseline:<28}"
+        print(f"  {figure.step:<50}{figure.seconds:>9.3f} s  {ratio:>14}  {figure.baseline:<26}"
               f"{figure.target:<12}{met}", flush=True)
         return figure
 
@@ -348,7 +350,7 @@ def preview(store, report: Report) -> dict[str, float]:
 def run(*, customers: int, seed: int, sample: int, tag_changes: int, directory: Path) -> Report:
     report = Report(customers=customers)
     print(f"\n{customers:,} customers, seed {seed}; every figure on {machine()['database']}", flush=True)
-    print(f"  {'step':<46}{'time':>12}  {'ratio':>10}  {'baseline':<28}{'target':<12}", flush=True)
+    print(f"  {'step':<50}{'time':>11}  {'ratio':>14}  {'baseline':<26}{'target':<12}", flush=True)
     store = store_fresh()
     data, products = store_build(store, customers=customers, seed=seed, directory=directory, report=report)
     full_recompute(store, data.directory, report, sample=sample, seed=seed)

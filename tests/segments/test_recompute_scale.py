@@ -1,6 +1,6 @@
 """The benchmark's 20 segments on a generated store: statements per segment and members, checked.
 
-The benchmark (tests/bench/segments_recompute.py) times them at 100k customers; here the same
+The benchmark (tests/bench/suite.py) times them at up to 1M customers; here the same
 segments run on a small demo store so every `make test` proves they stay set-based (a bounded
 number of SQL statements whatever the size) and agree with the plain-Python oracle.
 """
@@ -14,7 +14,7 @@ from ecpower.commerce.demo import generate_demo_store
 from segments.models import Membership
 from segments.selectors import store_today
 from segments.services import segment_create, segment_recompute
-from tests.bench.segments_recompute import SEGMENTS
+from tests.bench.reference import SEGMENTS
 from tests.segments.oracle import Oracle
 
 MAX_STATEMENTS_PER_SEGMENT = 14
