@@ -357,6 +357,8 @@ def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, resul
     """Fill ``into`` with each segment's members at the end of ``day``; returns what was approximated."""
     cursor.execute(f"DELETE FROM {into}")
     context = evaluation_context(store=store, as_of=day)
+    _fill_stats(cursor, store, day)
+    context.facts_table = STATS
     done: dict[str, int] = {}  # segments are in dependency order: in_segment reads what is already in ``into``
 
     def evaluated(slug: str) -> RawSQL | None:
@@ -391,6 +393,22 @@ def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, resul
     return notes
 
 
+def _fill_stats(cursor, store: Store, day: dt.date) -> None:
+    """Every buyer's counted orders as of the end of ``day``: read by the day's rules and its KPIs."""
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min, tzinfo=store.zone)
+    cursor.execute(f"DELETE FROM {STATS}")
+    cursor.execute(
+        f"""INSERT INTO {STATS} (customer_id, n, spent, first_at, last_at)
+            SELECT o.customer_id, COUNT(*), SUM(o.total - o.refunded_amount), MIN(o.created_at), MAX(o.created_at)
+            FROM {Order._meta.db_table} o
+            WHERE o.store_id = %s AND o.customer_id IS NOT NULL AND o.ordinal IS NOT NULL AND o.created_at < %s
+            GROUP BY o.customer_id""",
+        [store.pk, connection.ops.adapt_datetimefield_value(end)],
+    )
+    if connection.vendor == "postgresql":
+        cursor.execute(f"ANALYZE {STATS}")
+
+
 def days_between_sql(later: str, earlier: str) -> str:
     """SQL for the days (fractional) between two timestamp expressions, on PostgreSQL and SQLite."""
     if connection.vendor == "postgresql":
@@ -405,16 +423,7 @@ def _measure(cursor, store: Store, segments: list[Segment], day: dt.date, previo
     start = dt.datetime.combine(previous_day + dt.timedelta(days=1), dt.time.min, tzinfo=zone)
     orders = Order._meta.db_table
     end, start = connection.ops.adapt_datetimefield_value(end), connection.ops.adapt_datetimefield_value(start)
-    cursor.execute(f"DELETE FROM {STATS}")
-    cursor.execute(
-        f"""INSERT INTO {STATS} (customer_id, n, spent, first_at, last_at)
-            SELECT o.customer_id, COUNT(*), SUM(o.total - o.refunded_amount), MIN(o.created_at), MAX(o.created_at)
-            FROM {orders} o
-            WHERE o.store_id = %s AND o.customer_id IS NOT NULL AND o.ordinal IS NOT NULL AND o.created_at < %s
-              AND o.customer_id IN (SELECT customer_id FROM {CURRENT})
-            GROUP BY o.customer_id""",
-        [store.pk, end],
-    )
+    # STATS holds every buyer's aggregates as of the end of ``day``: _evaluate filled it for this day.
     cursor.execute(
         f"""SELECT c.segment_id, COUNT(*), COUNT(s.customer_id), SUM(CASE WHEN s.n >= 2 THEN 1 ELSE 0 END),
                    SUM(s.spent), SUM(s.n), SUM(s.spent * 1.0 / s.n),

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection
 from django.db.models import Count, DecimalField, Exists, ExpressionWrapper, F, Max, OuterRef, Q, QuerySet, Sum, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Round
@@ -440,6 +441,10 @@ class EvaluationContext:
     # (the snapshot walk evaluates segments in dependency order into a table); else None, and a
     # past day's in_segment inlines the referenced rule.
     evaluated: Callable[[str], RawSQL | None] | None = None
+    # A table (customer_id, n, spent, first_at, last_at) of counted orders' aggregates as of the end of
+    # the evaluation day, one row per buyer, filled by the caller. A past day's order-count, amount,
+    # AOV and last-order conditions then read it instead of aggregating orders once per condition.
+    facts_table: str | None = None
     _stack: list[str] = field(default_factory=list)
 
     @property
@@ -592,6 +597,8 @@ def _compile_condition(node: dict, context: EvaluationContext) -> Q:
             if op in ("is_null", "is_not_null"):
                 return Q(**{f"{column}__isnull": op == "is_null"})
             return _numeric_q(column, op, value)
+        if context.facts_table:
+            return _past_facts_q(context.facts_table, name, op, value)
         grouped = _counted_orders(context).order_by().values("customer_id").annotate(
             n=Count("id"), spent=Sum(F("total") - F("refunded_amount"))
         )
@@ -617,6 +624,8 @@ def _compile_condition(node: dict, context: EvaluationContext) -> Q:
     if name == "last_order_date":
         if not historical:
             return _date_q("last_order_at", op, value, context)
+        if context.facts_table:
+            return _past_facts_q(context.facts_table, name, op, value, context)
         grouped = _counted_orders(context).order_by().values("customer_id").annotate(last=Max("created_at"))
         if op in ("is_null", "is_not_null"):
             has_orders = Q(pk__in=grouped.values("customer_id"))
@@ -682,6 +691,37 @@ def _compile_condition(node: dict, context: EvaluationContext) -> Q:
         return _in_segment(value, context)
 
     raise ValueError(f"unvalidated field {name!r}")  # validate() rejects it first
+
+
+def _past_facts_q(table: str, name: str, op: str, value: Any, context: EvaluationContext | None = None) -> Q:
+    """A past day's fact condition over ``context.facts_table`` (buyers only; others have no orders)."""
+    buyers = Q(pk__in=RawSQL(f"SELECT customer_id FROM {table}", []))
+    if op in ("is_null", "is_not_null"):  # AOV and last order date are empty exactly without orders
+        return ~buyers if op == "is_null" else buyers
+    if name == "last_order_date":
+        days, negated = _days(op, value, context)
+        parts, params = [], []
+        for bound, sign in ((days.start, ">="), (days.end, "<")):
+            if bound is not None:
+                parts.append(f"last_at {sign} %s")
+                params.append(connection.ops.adapt_datetimefield_value(bound))
+        test = " AND ".join(parts)
+        if negated:
+            test = f"NOT ({test})"
+        return Q(pk__in=RawSQL(f"SELECT customer_id FROM {table} WHERE {test}", params))
+    expression = {"number_of_orders": "n", "amount_spent": "spent",
+                  "average_order_value": "ROUND(spent * 1.0 / n, 2)"}[name]
+    if op == "between":
+        low, high = sorted(_number(v) for v in value)
+        test, params = f"{expression} BETWEEN CAST(%s AS NUMERIC) AND CAST(%s AS NUMERIC)", [low, high]
+    else:
+        sql_op = "<>" if op == "!=" else op
+        test, params = f"{expression} {sql_op} CAST(%s AS NUMERIC)", [_number(value)]
+    zero = {"number_of_orders": 0, "amount_spent": Decimal(0)}.get(name)
+    if zero is not None and _satisfies(zero, op, _comparable(op, value)):
+        # Customers without orders pass (e.g. "fewer than 2 orders"): everyone but the buyers who fail.
+        return ~Q(pk__in=RawSQL(f"SELECT customer_id FROM {table} WHERE NOT ({test})", params))
+    return Q(pk__in=RawSQL(f"SELECT customer_id FROM {table} WHERE {test}", params))
 
 
 def _has_orders(context: EvaluationContext) -> Q:
