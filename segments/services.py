@@ -25,6 +25,7 @@ from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Store
+from ecpower.commerce.services import customer_scope
 from segments import rules
 from segments.models import (
     Membership,
@@ -42,12 +43,9 @@ logger = logging.getLogger(__name__)
 
 # A segment marked running for longer than this is assumed abandoned (worker killed) and reclaimed.
 CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
-# Customer ids per statement when only some customers are recomputed.
-CUSTOMER_CHUNK_SIZE = 2000
 STAGING_TABLE = "ecp_segment_staging"
 # Customers an incremental recompute is limited to (customers_segments_recompute).
 SCOPE_TABLE = "ecp_customer_scope"
-SCOPE_SQL = f"SELECT customer_id FROM {SCOPE_TABLE}"
 
 
 class SegmentBusy(Exception):
@@ -218,7 +216,7 @@ def membership_apply(
     """Make stored membership equal ``members`` (within ``scope`` if given) and return (joined, left, members).
 
     ``members`` is a query of customer ids, or the ids themselves. ``scope`` is a list of customer
-    ids or an SQL subquery selecting them (``SCOPE_SQL``): members outside it are left alone.
+    ids or an SQL subquery selecting them (``customer_scope``): members outside it are left alone.
     """
     membership, events = Membership._meta.db_table, MembershipEvent._meta.db_table
     now = timezone.now()
@@ -360,27 +358,15 @@ def customers_segments_recompute(
     ordered, _cyclic = dependency_order(Segment.objects.filter(store=store, kind=SegmentKind.CONDITION))
     changes: dict[str, tuple[int, int]] = {}
     with transaction.atomic():
-        _scope_fill(ids)
-        context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(SCOPE_SQL, []))
+        scope = customer_scope(ids, SCOPE_TABLE)
+        context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(scope, []))
         for segment in ordered:
             members = rules.members_queryset(segment.rule, context).values_list("id", flat=True)
-            joined, left, count = membership_apply(segment, members, context.as_of, scope=SCOPE_SQL)
+            joined, left, count = membership_apply(segment, members, context.as_of, scope=scope)
             if joined or left:
                 changes[segment.slug] = (joined, left)
                 Segment.objects.filter(pk=segment.pk).update(member_count=count)
     return changes
-
-
-def _scope_fill(ids: Sequence[int]) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {SCOPE_TABLE} (customer_id bigint PRIMARY KEY)")
-        cursor.execute(f"DELETE FROM {SCOPE_TABLE}")
-        for start in range(0, len(ids), CUSTOMER_CHUNK_SIZE):
-            chunk = ids[start : start + CUSTOMER_CHUNK_SIZE]
-            cursor.execute(f"INSERT INTO {SCOPE_TABLE} (customer_id) VALUES {', '.join(['(%s)'] * len(chunk))}",
-                           chunk)
-        if connection.vendor == "postgresql":
-            cursor.execute(f"ANALYZE {SCOPE_TABLE}")
 
 
 def templates_add(*, store: Store, slugs: Iterable[str] | None = None, user=None) -> list[Segment]:

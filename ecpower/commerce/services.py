@@ -26,6 +26,8 @@ from ecpower.commerce.models import (
 
 # Customer ids per statement when a subset of a store is refreshed (bounded SQL parameters).
 FACTS_CHUNK_SIZE = 2000
+# Orders whose ordinal changed in one whole-store refresh above which the tables are re-analysed.
+ANALYZE_AFTER = 50_000
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
@@ -33,10 +35,30 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
         yield items[start : start + size]
 
 
-def _scope(column: str, ids: Sequence[int] | None) -> tuple[str, list[int]]:
+def _scope(column: str, ids: Sequence[int] | str | None) -> tuple[str, list[int]]:
+    """SQL restricting ``column`` to ``ids``: a list of ids, or a subquery selecting them."""
     if ids is None:
         return "", []
+    if isinstance(ids, str):
+        return f" AND {column} IN ({ids})", []
     return f" AND {column} IN ({', '.join(['%s'] * len(ids))})", list(ids)
+
+
+def customer_scope(ids: Sequence[int], table: str = "ecp_customer_scope") -> str:
+    """Put ``ids`` in a temporary table (emptied first) and return a subquery selecting them.
+
+    Used when an operation covers more customers than fit in one statement's parameters, instead
+    of one statement per chunk of ids.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (customer_id bigint PRIMARY KEY)")
+        cursor.execute(f"DELETE FROM {table}")
+        for chunk in _chunks(ids, FACTS_CHUNK_SIZE):
+            cursor.execute(f"INSERT INTO {table} (customer_id) VALUES {', '.join(['(%s)'] * len(chunk))}",
+                           list(chunk))
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {table}")
+    return f"SELECT customer_id FROM {table}"
 
 
 @transaction.atomic
@@ -48,21 +70,24 @@ def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None =
     no ordinal. Facts are aggregates over counted orders; customers without any are reset.
     """
     if customer_ids is None:
-        _refresh_scope(store.pk, None)
-        if connection.vendor == "postgresql":
-            # Every order's ordinal and every customer's facts just changed: without fresh statistics the
-            # planner believes yesterday's (e.g. "no order has an ordinal") and picks nested loops
+        moved = _refresh_scope(store.pk, None)
+        if connection.vendor == "postgresql" and moved >= ANALYZE_AFTER:
+            # Many ordinals and facts just changed (a first import): without fresh statistics the
+            # planner believes the old ones (e.g. "no order has an ordinal") and picks nested loops
             # that take minutes at a million orders (docs/performance.md).
             with connection.cursor() as cursor:
                 cursor.execute(f"ANALYZE {Order._meta.db_table}")
                 cursor.execute(f"ANALYZE {Customer._meta.db_table}")
         return
     ids = sorted(set(customer_ids))
-    for chunk in _chunks(ids, FACTS_CHUNK_SIZE):
-        _refresh_scope(store.pk, chunk)
+    if len(ids) <= FACTS_CHUNK_SIZE:
+        _refresh_scope(store.pk, ids)
+    else:  # many customers (a day's buyers, a big import): one pass over a temporary table of their ids
+        _refresh_scope(store.pk, customer_scope(ids, "ecp_facts_scope"))
 
 
-def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> None:
+def _refresh_scope(store_id: int, ids: Sequence[int] | str | None) -> int:
+    """Returns how many orders got a new ordinal."""
     order = Order._meta.db_table
     customer = Customer._meta.db_table
     order_scope, order_params = _scope("customer_id", ids)
@@ -94,6 +119,7 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> None:
             """,
             [store_id, *order_params, False],
         )
+        moved = cursor.rowcount
         # 3. Customers without counted orders are reset.
         cursor.execute(
             f"""
@@ -136,6 +162,7 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> None:
             """,
             [store_id, *order_params],
         )
+    return moved
 
 
 def line_items_link_products(*, store: Store) -> int:

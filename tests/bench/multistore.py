@@ -42,9 +42,12 @@ def stores_build(*, stores: int, customers: int, big: int, seed: int, directory:
     from tests.bench import dataset
     from tests.bench.suite import store_fresh
 
-    Store.objects.filter(shopify_domain__startswith=PREFIX).delete()
+    for old in Store.objects.filter(shopify_domain__startswith=PREFIX):  # a previous run's: set-based deletes
+        store_fresh(old.shopify_domain)
+        old.delete()
     sizes = [customers] * stores + ([big] if big else [])
-    made = [store_fresh(f"{PREFIX}{n:03}.myshopify.com", f"bench multi {n}") for n in range(len(sizes))]
+    made = [Store.objects.create(shopify_domain=f"{PREFIX}{n:03}.myshopify.com", name=f"bench multi {n}")
+            for n in range(len(sizes))]
     products = {store.pk: dataset.catalogue_create(store) for store in made}
     store_of = np.repeat(np.array([s.pk for s in made], dtype=np.int64), sizes)
     data = dataset.generate(directory=directory, store_id=made[0].pk, customers=int(store_of.size), seed=seed,
@@ -143,7 +146,10 @@ def main() -> None:
     import django
 
     django.setup()
+    import logging
     from dataclasses import asdict
+
+    logging.getLogger("django-q").setLevel(logging.WARNING)  # not a line per queued run
 
     from tests.bench.suite import Report, machine
 
