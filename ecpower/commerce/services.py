@@ -80,6 +80,8 @@ def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None =
                 cursor.execute(f"ANALYZE {Customer._meta.db_table}")
         return
     ids = sorted(set(customer_ids))
+    if not ids:
+        return
     if len(ids) <= FACTS_CHUNK_SIZE:
         _refresh_scope(store.pk, ids)
     else:  # many customers (a day's buyers, a big import): one pass over a temporary table of their ids
