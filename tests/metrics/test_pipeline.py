@@ -57,6 +57,15 @@ def test_each_store_runs_once_a_day_once_its_local_hour_has_come(frozen):
     assert daily_dispatch(now=NOW + dt.timedelta(hours=1)) == 1  # 04:30 in Tokyo
 
 
+def test_the_largest_stores_start_first(frozen):
+    small = small_store(name="A small shop")
+    big = small_store(name="Z big shop")
+    CustomerFactory.create_batch(3, store=big)
+
+    assert daily_dispatch() == 2
+    assert list(PipelineRun.objects.order_by("pk").values_list("store", flat=True)) == [big.pk, small.pk]
+
+
 def test_a_run_records_every_step_as_a_job_and_mails_the_summary(frozen):
     store = small_store(time_zone="Asia/Tokyo", daily_run_hour=0, notification_email="crm@example.jp")
     daily_dispatch()  # tests run queued tasks inline
