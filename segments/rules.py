@@ -598,7 +598,7 @@ def _compile_condition(node: dict, context: EvaluationContext) -> Q:
                 return Q(**{f"{column}__isnull": op == "is_null"})
             return _numeric_q(column, op, value)
         if context.facts_table:
-            return _past_facts_q(context.facts_table, name, op, value)
+            return _past_facts_q(context.facts_table, name, op, value, context)
         grouped = _counted_orders(context).order_by().values("customer_id").annotate(
             n=Count("id"), spent=Sum(F("total") - F("refunded_amount"))
         )
@@ -693,7 +693,7 @@ def _compile_condition(node: dict, context: EvaluationContext) -> Q:
     raise ValueError(f"unvalidated field {name!r}")  # validate() rejects it first
 
 
-def _past_facts_q(table: str, name: str, op: str, value: Any, context: EvaluationContext | None = None) -> Q:
+def _past_facts_q(table: str, name: str, op: str, value: Any, context: EvaluationContext) -> Q:
     """A past day's fact condition over ``context.facts_table`` (buyers only; others have no orders)."""
     buyers = Q(pk__in=RawSQL(f"SELECT customer_id FROM {table}", []))
     if op in ("is_null", "is_not_null"):  # AOV and last order date are empty exactly without orders

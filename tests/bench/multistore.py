@@ -65,12 +65,12 @@ def state_reset(stores: list) -> None:
     from integrations.models import SyncJob
     from metrics.models import PipelineRun, SegmentSnapshot, SnapshotCursor, SnapshotMember
     from metrics.snapshots import rule_versions
-    from segments.models import Membership, MembershipEvent, Segment, SegmentKind
+    from segments.models import Membership, MembershipEvent, Segment, SegmentKind, SegmentStatus
     from segments.selectors import store_today
 
     for model in (PipelineRun, SyncJob, SegmentSnapshot, SnapshotMember, SnapshotCursor, MembershipEvent, Membership):
         model.objects.filter(store__in=stores).delete()
-    Segment.objects.filter(store__in=stores).update(status="new", member_count=0)
+    Segment.objects.filter(store__in=stores).update(status=SegmentStatus.NEW, member_count=0)
     cursors = []
     for store in stores:
         segments = list(Segment.objects.filter(store=store, kind=SegmentKind.CONDITION))
