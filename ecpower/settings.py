@@ -104,9 +104,15 @@ elif DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql"):
     # seconds. Sized for a 1M-customer store (docs/performance.md); per sort/hash node, per connection.
     # random_page_cost: PostgreSQL's default (4) assumes spinning disks and makes an incremental update
     # scan every order instead of looking up the few customers it touches; 1.1 suits SSDs.
+    # jit: compiling a segment query costs 0.1–0.2 s, more than most of them take to run.
+    # max_parallel_workers_per_gather: a parallel plan builds the hash of a "customer IN (…)" subquery
+    # once in every worker, so three processes do the same work; the recompute already runs segments
+    # side by side on SEGMENT_RECOMPUTE_THREADS connections instead (docs/performance.md).
     DATABASES["default"].setdefault("OPTIONS", {})["options"] = (
         f"-c work_mem={env_str('DATABASE_WORK_MEM', default='128MB')} "
-        f"-c random_page_cost={env_str('DATABASE_RANDOM_PAGE_COST', default='1.1')}")
+        f"-c random_page_cost={env_str('DATABASE_RANDOM_PAGE_COST', default='1.1')} "
+        f"-c jit={env_str('DATABASE_JIT', default='off')} "
+        f"-c max_parallel_workers_per_gather={env_str('DATABASE_PARALLEL_WORKERS', default='0')}")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

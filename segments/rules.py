@@ -433,7 +433,8 @@ class EvaluationContext:
     # every subquery over orders, line items, tags and memberships is restricted to them too, so an
     # incremental update reads their rows instead of aggregating the whole store.
     scope: RawSQL | None = None
-    # ("tag" | "id", values) → ids of the store's products that carry one of the tags / Shopify ids. Given
+    # ("tag" | "id" | "product_type" | "vendor", values) → ids of the store's products that carry one of the
+    # tags / Shopify ids / types / vendors (case-insensitive). Given
     # as literals, the planner sees how many line items they select (a subquery over product tags
     # hides it and gets nested loops over millions of rows).
     product_ids: Callable[[str, list], list[int]] | None = None
@@ -761,35 +762,36 @@ def _tagged(context: EvaluationContext, *, iexact: str | None = None, names: set
 
 
 def _products_purchased(params: dict, context: EvaluationContext) -> Q:
+    # Line items carry their order's customer, time and ordinal (customer_facts_refresh keeps them), so
+    # this reads line items alone: no join of millions of lines to their orders.
     lines = _scoped(LineItem.objects.filter(
         store=context.store,
-        order__customer__isnull=False,
-        order__ordinal__isnull=False,
-        order__created_at__lt=context.cutoff,
-    ), "order__customer_id", context)
+        customer__isnull=False,
+        ordinal__isnull=False,
+        ordered_at__lt=context.cutoff,
+    ), "customer_id", context)
+    resolve = context.product_ids
     for name, param in params.items():
         op, value = param["op"], param["value"]
         values = value if op == "in" else [value]
-        if name == "id" and context.product_ids is not None:
-            lines = lines.filter(product_id__in=context.product_ids("id", values) or [NO_ID])
+        if name in ("id", "tag") and resolve is not None:
+            lines = lines.filter(product_id__in=resolve(name, values) or [NO_ID])
         elif name == "id":
             lines = lines.filter(product__shopify_id__in=values)
         elif name == "sku":
             lines = lines.filter(_text_in("sku", values))
-        elif name == "product_type":
-            lines = lines.filter(_text_in("product_type", values) | _text_in("product__product_type", values))
-        elif name == "vendor":
-            lines = lines.filter(_text_in("vendor", values) | _text_in("product__vendor", values))
-        elif name == "tag" and context.product_ids is not None:
-            lines = lines.filter(product_id__in=context.product_ids("tag", values) or [NO_ID])
+        elif name in ("product_type", "vendor") and resolve is not None:
+            # The line's own text (kept from the order) or its product's current one.
+            lines = lines.filter(_text_in(name, values) | Q(product_id__in=resolve(name, values) or [NO_ID]))
+        elif name in ("product_type", "vendor"):
+            lines = lines.filter(_text_in(name, values) | _text_in(f"product__{name}", values))
         elif name == "tag":
             tagged = ProductTag.objects.filter(_text_in("name", values), store=context.store)
             lines = lines.filter(product_id__in=tagged.values("product_id"))
         elif name == "date":
-            lines = lines.filter(_date_q("order__created_at", op, value, context))
+            lines = lines.filter(_date_q("ordered_at", op, value, context))
         elif name == "order_number":
-            lines = lines.filter(_numeric_q("order__ordinal", op, value))
-    lines = lines.annotate(customer_id=F("order__customer_id"))
+            lines = lines.filter(_numeric_q("ordinal", op, value))
     aggregates = {k: v for k, v in params.items() if k in AGGREGATE_PARAMS}
     if not aggregates:
         return Q(pk__in=lines.values("customer_id"))

@@ -56,10 +56,12 @@ def evaluation_context(*, store: Store, as_of: dt.date | None = None, scope: Raw
     def product_ids(param: str, values: list) -> list[int]:
         if param == "id":
             return sorted(Product.objects.filter(store=store, shopify_id__in=values).values_list("pk", flat=True))
-        names = Q()
+        column, model, id_column = {"tag": ("name", ProductTag, "product_id"), "product_type": ("product_type", Product, "pk"),
+                                    "vendor": ("vendor", Product, "pk")}[param]
+        matching = Q()
         for value in values:
-            names |= Q(name__iexact=value)
-        return sorted(set(ProductTag.objects.filter(names, store=store).values_list("product_id", flat=True)))
+            matching |= Q(**{f"{column}__iexact": value})
+        return sorted(set(model.objects.filter(matching, store=store).values_list(id_column, flat=True)))
 
     return rules.EvaluationContext(store=store, as_of=as_of, today=today, segment=segment,
                                    tag_history_start=history_start, tag_values=tag_values, scope=scope,

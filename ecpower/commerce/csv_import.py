@@ -369,6 +369,7 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
     changed: list[Order] = []
     changed_fields: set[str] = set()
     matched: list[tuple[OrderRecord, Order]] = []
+    moved: list[int] = []  # orders now belonging to another customer, or to none
     for done, record in enumerate(records, 1):
         values = dict(record.fields)
         values["customer_id"] = customer_ids.get(record.name)
@@ -386,6 +387,8 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
                 changed_fields.update(fields)
                 if previous_customer:
                     touched_customers.add(previous_customer)
+                if previous_customer != order.customer_id:
+                    moved.append(order.pk)
             matched.append((record, order))
         if values["customer_id"]:
             touched_customers.add(values["customer_id"])
@@ -394,6 +397,10 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
     Order.objects.bulk_create([o for _r, o in new], batch_size=BATCH)
     if changed:
         Order.objects.bulk_update(changed, sorted(changed_fields), batch_size=BATCH)
+    for chunk in _chunks(moved):
+        # The lines stop counting for the previous customer; the facts refresh of the new one (none
+        # for a guest order) gives them their copies again.
+        LineItem.objects.filter(order_id__in=chunk).update(customer=None, ordered_at=None, ordinal=None)
 
     have_items: dict[int, list[tuple]] = defaultdict(list)
     for chunk in _chunks([o.pk for _r, o in matched]):

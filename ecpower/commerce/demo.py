@@ -192,12 +192,13 @@ def generate_demo_store(*, store: Store, customers: int, seed: int, until: dt.da
         for index, order in enumerate(orders):
             order_id = first_order_id + index
             subtotal = Decimal(0)
+            order_lines = []
             for position, (product_index, variant_index, quantity) in enumerate(order["lines"], 1):
                 handle, title, product_type, vendor, _tags, variants, _w = CATALOGUE[product_index]
                 sku, variant_title, price = variants[variant_index]
                 unit_price = Decimal(price)
                 subtotal += unit_price * quantity
-                line_rows.append(
+                order_lines.append(
                     (
                         line_id, store.pk, order_id, products[product_index], sku,
                         title if variant_title == "Default Title" else f"{title} - {variant_title}",
@@ -234,6 +235,8 @@ def generate_demo_store(*, store: Store, customers: int, seed: int, until: dt.da
                 fact["spent"] += total - refunded
                 fact["last_at"] = created_at
                 ordinal = fact["n"]
+            # Line items carry their order's customer, time and ordinal, as customer_facts_refresh keeps them.
+            line_rows.extend(line + (order["customer_id"], created_at, ordinal) for line in order_lines)
             order_rows.append(
                 (
                     order_id, store.pk, ORDER_ID_BASE + order_id, f"#{1001 + index}", order["customer_id"],
@@ -269,7 +272,8 @@ def generate_demo_store(*, store: Store, customers: int, seed: int, until: dt.da
         )
         bulk_insert(
             LineItem,
-            ["id", "store_id", "order_id", "product_id", "sku", "title", "vendor", "product_type", "quantity", "unit_price", "discount", "position"],
+            ["id", "store_id", "order_id", "product_id", "sku", "title", "vendor", "product_type", "quantity", "unit_price", "discount", "position",
+             "customer_id", "ordered_at", "ordinal"],
             line_rows,
         )
         for customer_id, fact in facts.items():

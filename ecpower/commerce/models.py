@@ -393,14 +393,25 @@ class LineItem(models.Model):
     unit_price = models.DecimalField(_("unit price"), default=0, **MONEY)
     discount = models.DecimalField(_("discount"), default=0, **MONEY)
     position = models.PositiveSmallIntegerField(_("position"), default=1)
+    # Copies of the order's customer, creation time and ordinal, kept by customer_facts_refresh, so
+    # products_purchased conditions read line items alone instead of joining millions of them to
+    # their orders (docs/performance.md). Not checked by the database: the order is the truth.
+    customer = models.ForeignKey(
+        Customer, on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_constraint=False,
+        db_index=False, editable=False, verbose_name=_("customer"),
+    )
+    ordered_at = models.DateTimeField(_("ordered at"), null=True, blank=True, editable=False)
+    ordinal = models.PositiveIntegerField(_("order number of the customer"), null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("line item")
         verbose_name_plural = _("line items")
         ordering = ["order", "position"]
         indexes = [
-            # products_purchased conditions join line items of a product to their orders.
-            models.Index(fields=["product", "order"], name="line_item_product_order"),
+            # products_purchased for one customer or a few thousand (webhooks, incremental recompute), and
+            # the facts refresh copying order fields to their lines. A few products on a small store use
+            # the product foreign key's own index; an order's lines, the order's.
+            models.Index(fields=["customer"], name="line_item_customer"),
         ]
 
     def __str__(self) -> str:

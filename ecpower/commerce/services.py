@@ -72,8 +72,8 @@ def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None =
             # planner believes the old ones (e.g. "no order has an ordinal") and picks nested loops
             # that take minutes at a million orders (docs/performance.md).
             with connection.cursor() as cursor:
-                cursor.execute(f"ANALYZE {Order._meta.db_table}")
-                cursor.execute(f"ANALYZE {Customer._meta.db_table}")
+                for model in (Order, Customer, LineItem):
+                    cursor.execute(f"ANALYZE {model._meta.db_table}")
         return
     ids = sorted(set(customer_ids))
     # Chunks of literal ids, not one pass over a temporary table of them: the planner sees exactly which
@@ -86,8 +86,10 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
     """Returns how many orders got a new ordinal."""
     order = Order._meta.db_table
     customer = Customer._meta.db_table
+    line_item = LineItem._meta.db_table
     order_scope, order_params = _scope("customer_id", ids)
     customer_scope, customer_params = _scope("id", ids)
+    line_scope, line_params = _scope("o.customer_id", ids)
     # Whole-store refreshes also clear ordinals left on guest orders (customer deleted or unlinked).
     guest_clause = " OR customer_id IS NULL" if ids is None else ""
 
@@ -157,6 +159,19 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
             WHERE c.id = a.customer_id
             """,
             [store_id, *order_params],
+        )
+        # 5. Line items carry their order's customer, time and ordinal (products_purchased reads them).
+        # An order that moved to another customer is fixed by refreshing the new one; every ingest path
+        # refreshes both (scoping by the lines' own customer too cost a scan of every order per chunk).
+        cursor.execute(
+            f"""
+            UPDATE {line_item} AS li SET customer_id = o.customer_id, ordered_at = o.created_at, ordinal = o.ordinal
+            FROM {order} AS o
+            WHERE li.order_id = o.id AND o.store_id = %s{line_scope}
+              AND (li.customer_id IS DISTINCT FROM o.customer_id OR li.ordered_at IS DISTINCT FROM o.created_at
+                   OR li.ordinal IS DISTINCT FROM o.ordinal)
+            """,
+            [store_id, *line_params],
         )
     return moved
 

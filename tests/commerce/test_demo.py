@@ -73,7 +73,12 @@ def test_demo_writes_the_same_facts_and_ordinals_as_the_facts_service(db):
     columns = ("pk", *Customer.FACT_FIELDS)
     generated = list(Customer.objects.filter(store=store).order_by("pk").values_list(*columns))
     ordinals = list(Order.objects.filter(store=store).order_by("pk").values_list("pk", "ordinal"))
+    line_copies = list(LineItem.objects.filter(store=store).order_by("pk")
+                       .values_list("pk", "customer_id", "ordered_at", "ordinal"))
     assert any(row[1] > 1 for row in generated)
+    assert any(ordinal is None for *_, ordinal in line_copies)  # lines of cancelled and test orders
     customer_facts_refresh(store=store)
     assert list(Order.objects.filter(store=store).order_by("pk").values_list("pk", "ordinal")) == ordinals
+    assert list(LineItem.objects.filter(store=store).order_by("pk")
+                .values_list("pk", "customer_id", "ordered_at", "ordinal")) == line_copies
     assert list(Customer.objects.filter(store=store).order_by("pk").values_list(*columns)) == generated

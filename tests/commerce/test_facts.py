@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase
 
-from ecpower.commerce.models import Customer, Order
+from ecpower.commerce.models import Customer, LineItem, Order
 from ecpower.commerce.services import customer_facts_refresh
-from tests.factories import CustomerFactory, OrderFactory, StoreFactory
+from tests.factories import CustomerFactory, LineItemFactory, OrderFactory, StoreFactory
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
@@ -76,11 +76,13 @@ class FactsMatchPlainComputation(TestCase):
                     ordinal=99,  # stale values must be overwritten or cleared
                 )
             )
+            LineItemFactory(order=created[-1], ordinal=99)
         if subset:
             # Refreshing customer by customer converges to the same result as a whole-store refresh.
             for customer in customers:
                 customer_facts_refresh(store=store, customer_ids=[customer.pk])
             Order.objects.filter(customer__isnull=True).update(ordinal=None)
+            LineItem.objects.filter(order__customer__isnull=True).update(ordinal=None)
         else:
             customer_facts_refresh(store=store)
 
@@ -89,6 +91,11 @@ class FactsMatchPlainComputation(TestCase):
         for order in created:
             want = expected.get(order.customer_id, {}).get("ordinals", {}).get(order.pk)
             assert ordinals[order.pk] == want, (order.name, ordinals[order.pk], want)
+        # Each line carries its order's customer, time and ordinal (what products_purchased reads).
+        for line in LineItem.objects.filter(store=store).select_related("order"):
+            assert line.ordinal == line.order.ordinal, line.order.name
+            if line.ordinal is not None:
+                assert (line.customer_id, line.ordered_at) == (line.order.customer_id, line.order.created_at)
         for customer in Customer.objects.filter(store=store):
             want = expected.get(customer.pk)
             if want is None:
@@ -124,7 +131,22 @@ def test_refresh_of_a_subset_runs_a_fixed_number_of_statements(db, django_assert
     customers = [CustomerFactory(store=store) for _ in range(30)]
     for customer in customers:
         OrderFactory.create_batch(3, customer=customer, store=store)
-    # savepoint + 4 statements (clear ordinals, rank, reset, aggregate) + release, whatever the size.
-    with django_assert_num_queries(6):
+    # savepoint + 5 statements (clear ordinals, rank, reset, aggregate, copy to the lines) + release,
+    # whatever the size.
+    with django_assert_num_queries(7):
         customer_facts_refresh(store=store, customer_ids=[c.pk for c in customers])
     assert set(Customer.objects.filter(store=store).values_list("orders_count", flat=True)) == {3}
+
+
+def test_lines_follow_an_order_that_moved_to_another_customer(db):
+    line = LineItemFactory(quantity=2)
+    first, order = line.order.customer, line.order
+    customer_facts_refresh(store=order.store)
+    line.refresh_from_db()
+    assert (line.customer_id, line.ordered_at, line.ordinal) == (first.pk, order.created_at, 1)
+
+    second = CustomerFactory(store=order.store)
+    Order.objects.filter(pk=order.pk).update(customer=second, created_at=T0)
+    customer_facts_refresh(store=order.store, customer_ids=[first.pk, second.pk])  # as every ingest path does
+    line.refresh_from_db()
+    assert (line.customer_id, line.ordered_at, line.ordinal) == (second.pk, T0, 1)

@@ -255,3 +255,28 @@ def test_amounts_that_could_be_misread_are_refused(raw):
 
     with pytest.raises(ValueError, match="is not a number"):
         parse_decimal(raw)
+
+
+def test_an_order_that_becomes_a_guest_order_stops_counting_for_its_old_customer(store, shopify_csv_dir):
+    """Line items carry their order's customer for products_purchased; a re-import without one clears it."""
+    import dataclasses
+
+    from ecpower.commerce.csv_import import records_import
+    from ecpower.commerce.shopify_csv import parse_orders
+    from segments.query_language import parse
+    from segments.selectors import rule_members
+
+    _import_all(store, shopify_csv_dir)
+    hanako = Customer.objects.get(store=store, email="hanako@example.jp")
+    bought_sencha = parse("products_purchased MATCHES (sku = 'TEA-SEN-100', count >= 2)")  # #1001 and #1005
+    assert hanako in rule_members(store=store, tree=bought_sencha)
+    assert set(LineItem.objects.filter(order__name="#1001").values_list("customer_id", "ordinal")) == {(hanako.pk, 1)}
+
+    records = parse_orders(_file(shopify_csv_dir, "orders_export.csv").data, file_name="orders_export.csv",
+                           zone=store.zone)
+    first = next(r for r in records if r.name == "#1001")
+    records_import(store=store, orders=[dataclasses.replace(first, email="", customer_fields={})])
+
+    assert Order.objects.get(store=store, name="#1001").customer is None
+    assert set(LineItem.objects.filter(order__name="#1001").values_list("customer_id", "ordinal")) == {(None, None)}
+    assert hanako not in rule_members(store=store, tree=bought_sencha)
