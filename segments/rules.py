@@ -48,7 +48,6 @@ from ecpower.commerce.models import (
     LineItem,
     MarketingState,
     Order,
-    ProductTag,
     TagEventAction,
 )
 from segments import rfm
@@ -423,6 +422,11 @@ class EvaluationContext:
     as_of: dt.date
     today: dt.date
     segment: Callable[[str], Any]
+    # ("id" | "tag" | "product_type" | "vendor", values) → ids of the store's products with one of those
+    # Shopify ids / tags / types / vendors (case-insensitive). Given as literals, the planner sees how
+    # many line items they select (a subquery over product tags hides it and gets nested loops over
+    # millions of rows), and products are never joined.
+    product_ids: Callable[[str, list], list[int]]
     # When the store's tag history starts (its first CustomerTagEvent); None when it has none.
     tag_history_start: dt.datetime | None = None
     # What an as-of evaluation had to approximate ("tags_before_history", "tags_without_history").
@@ -433,11 +437,6 @@ class EvaluationContext:
     # every subquery over orders, line items, tags and memberships is restricted to them too, so an
     # incremental update reads their rows instead of aggregating the whole store.
     scope: RawSQL | None = None
-    # ("tag" | "id" | "product_type" | "vendor", values) → ids of the store's products that carry one of the
-    # tags / Shopify ids / types / vendors (case-insensitive). Given
-    # as literals, the planner sees how many line items they select (a subquery over product tags
-    # hides it and gets nested loops over millions of rows).
-    product_ids: Callable[[str, list], list[int]] | None = None
     # slug → SQL selecting that segment's members on the evaluation day when the caller has them already
     # (the snapshot walk evaluates segments in dependency order into a table); else None, and a
     # past day's in_segment inlines the referenced rule.
@@ -770,24 +769,17 @@ def _products_purchased(params: dict, context: EvaluationContext) -> Q:
         ordinal__isnull=False,
         ordered_at__lt=context.cutoff,
     ), "customer_id", context)
-    resolve = context.product_ids
     for name, param in params.items():
         op, value = param["op"], param["value"]
         values = value if op == "in" else [value]
-        if name in ("id", "tag") and resolve is not None:
-            lines = lines.filter(product_id__in=resolve(name, values) or [NO_ID])
-        elif name == "id":
-            lines = lines.filter(product__shopify_id__in=values)
+        if name in ("id", "tag"):
+            lines = lines.filter(product_id__in=context.product_ids(name, values) or [NO_ID])
         elif name == "sku":
             lines = lines.filter(_text_in("sku", values))
-        elif name in ("product_type", "vendor") and resolve is not None:
-            # The line's own text (kept from the order) or its product's current one.
-            lines = lines.filter(_text_in(name, values) | Q(product_id__in=resolve(name, values) or [NO_ID]))
         elif name in ("product_type", "vendor"):
-            lines = lines.filter(_text_in(name, values) | _text_in(f"product__{name}", values))
-        elif name == "tag":
-            tagged = ProductTag.objects.filter(_text_in("name", values), store=context.store)
-            lines = lines.filter(product_id__in=tagged.values("product_id"))
+            # The line's own text (kept from the order) or its product's current one.
+            products = context.product_ids(name, values) or [NO_ID]
+            lines = lines.filter(_text_in(name, values) | Q(product_id__in=products))
         elif name == "date":
             lines = lines.filter(_date_q("ordered_at", op, value, context))
         elif name == "order_number":
