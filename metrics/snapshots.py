@@ -2,23 +2,38 @@
 
 For each day D (the end of D in the store's time zone) and every segment at once:
 
-1. members as of D go into a temporary table (condition segments: the rule evaluated as of D,
-   with ``segments.rules``; lists: members added on or before D);
-2. each member's counted orders up to the end of D are aggregated once into another;
-3. one grouped statement gives the KPIs, one the orders and revenue of the period, two the joins
-   and leaves against the previous day's members; the snapshot rows are replaced.
+1. each member's counted orders up to the end of D are aggregated once into a temporary table;
+2. each segment, in dependency order, is evaluated as of D (condition segments: the rule, with
+   ``segments.rules``; lists: members added on or before D), its joins and leaves against D − 1
+   are recorded and the members moved: for every customer, or only for the customers whose
+   verdicts can move that day (below);
+3. one grouped statement gives the KPIs, one the orders and revenue of the period; the snapshot
+   rows are replaced.
+
+Most verdicts do not move from one day to the next. A segment is evaluated only for the customers
+who ordered, signed up or had a tag change in the period, whose orders (or sign-up) lie in a span
+one of its relative dates sweeps (``-90d`` moves by a day), and, on a walk's first day, whose
+digested columns (``rules.CUSTOMER_COLUMNS`` and the time an ingest last refreshed them) or tag
+events changed since the kept members were computed. Everyone else keeps the day before's verdict.
+Segments whose verdicts can move without their customer changing are evaluated for everyone:
+RFM groups (store quintiles), lists, tag rules of a store without tag history, segments referring
+to those, and every segment on a day the catalogue, tag mappings or the tag history's start
+changed. ``ECPOWER_SNAPSHOTS_INCREMENTAL=0`` evaluates everyone every day;
+tests/metrics/test_incremental_snapshots.py holds the two equal.
 
 The daily run and a backfill are the same walk, so a backfilled day equals what the daily run
 recorded that day (tests/metrics/test_backfill.py replays a month to show it). Days are daily for
 the last ``DAILY_WINDOW_DAYS`` of a backfill and weekly before that.
 
-``SnapshotMember`` + ``SnapshotCursor`` hold each segment's members as of its latest snapshot day,
-so the next day's run diffs against them; both are written with that day's snapshots.
+``SnapshotMember`` + ``SnapshotCursor`` hold each segment's members as of its latest snapshot day
+(a daily walk moves them in place, day by day); ``SnapshotInputs`` and ``SnapshotCustomerDigest``
+what they were computed from.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import socket
@@ -29,6 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Min
@@ -36,8 +52,16 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.models import Order, Store
-from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotLock, SnapshotMember, SnapshotSource
+from ecpower.commerce.models import Customer, CustomerTagEvent, Order, Product, ProductTag, Store
+from metrics.models import (
+    SegmentSnapshot,
+    SnapshotCursor,
+    SnapshotCustomerDigest,
+    SnapshotInputs,
+    SnapshotLock,
+    SnapshotMember,
+    SnapshotSource,
+)
 from segments import rules
 from segments.models import Membership, Segment, SegmentKind, SegmentVersion
 from segments.selectors import dependency_order, evaluation_context, store_today
@@ -46,10 +70,16 @@ logger = logging.getLogger(__name__)
 
 DAILY_WINDOW_DAYS = 90
 DEFAULT_HISTORY_DAYS = 730
-CURRENT = "ecp_snapshot_current"
-PREVIOUS = "ecp_snapshot_previous"
+WORK = "ecp_snapshot_members"  # every segment's members at the end of the day being walked
+NEW = "ecp_snapshot_new"  # one segment's members, evaluated
+CHANGES = "ecp_snapshot_changes"  # the day's joins (joined = 1) and leaves (joined = 0)
+CHANGED = "ecp_snapshot_changed"  # customers who ordered, signed up or were retagged in the period
+DIRTY = "ecp_snapshot_dirty"  # (bucket, customer): whose verdicts may move on the day, per set of edges
+DIGESTS = "ecp_snapshot_digests"  # customers whose digest changed since the kept one (NULL: deleted)
 STATS = "ecp_snapshot_stats"
 CENT = Decimal("0.01")
+# Kept members moved in one day above which their table is re-analysed.
+ANALYZE_AFTER = 50_000
 
 Progress = Callable[[str, int, int], None]
 
@@ -283,6 +313,23 @@ def _segments(store: Store, segments: Iterable[Segment] | None) -> list[Segment]
 
 
 # --- the walk ---------------------------------------------------------------------------------------
+#
+# Most customers' verdicts do not move from one day to the next. A day is evaluated for the
+# customers whose verdicts can move (``DIRTY``): who ordered, signed up or had a tag change in the
+# period, whose orders or sign-up sit on an edge a relative date crosses (``-90d`` moves by a day),
+# and, on a walk's first day, whose digested columns changed since the kept members were computed.
+# Everyone else keeps the day before's verdict. Rules that read the whole store (RFM quintiles),
+# lists, tag rules of a store without tag history, and segments that refer to those are evaluated
+# for everyone (docs/performance.md, "Snapshots").
+
+
+@dataclass
+class Inputs:
+    """What the walk reads besides orders and tags: captured at its start, kept with its members."""
+
+    tag_event_id: int
+    catalogue: str
+    captured_at: dt.datetime
 
 
 def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: dt.date | None, source: str,
@@ -294,15 +341,25 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
     """
     _create_tables()
     live = list(segments)
+    inputs = _inputs_capture(store) if keep_members or seed is None else None
+    kept: SnapshotInputs | None = None
+    # A daily walk moves the kept members themselves, day by day; others work on a copy.
+    work = SnapshotMember._meta.db_table if seed is None and keep_members else WORK
     with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {PREVIOUS}")
+        cursor.execute(f"DELETE FROM {WORK}")
         if seed is not None:
-            _evaluate(cursor, store, live, seed, result, into=PREVIOUS)
+            _evaluate(cursor, store, live, seed, result, keys={}, work=work)
+            unknown = set()  # the seed was evaluated with what this walk reads
+            if connection.vendor == "postgresql":
+                cursor.execute(f"ANALYZE {WORK}")
         else:
-            cursor.execute(
-                f"INSERT INTO {PREVIOUS} (segment_id, customer_id) SELECT segment_id, customer_id "
-                f"FROM {SnapshotMember._meta.db_table} WHERE segment_id IN ({_ids(live)})")
+            if work == WORK:
+                cursor.execute(
+                    f"INSERT INTO {WORK} (store_id, segment_id, customer_id) SELECT store_id, segment_id, customer_id "
+                    f"FROM {SnapshotMember._meta.db_table} WHERE segment_id IN ({_ids(live)})")
+            kept, unknown = _kept_inputs(store, live, inputs)
     previous_day = seed if seed is not None else days[0] - dt.timedelta(days=1)
+    always = _evaluated_for_everyone(store, live) if settings.SNAPSHOTS_INCREMENTAL else {s.pk for s in live}
     total = len(days)
     for index, day in enumerate(days):
         live = [s for s in live if s.slug not in result.failed]
@@ -310,9 +367,13 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
             break
         with transaction.atomic():
             with connection.cursor() as cursor:
-                notes = _evaluate(cursor, store, live, day, result, into=CURRENT)
+                everyone = always | (unknown if index == 0 else set())
+                everyone |= _referring_to(live, everyone)
+                keys = _dirty_fill(cursor, store, live, everyone, previous_day, day,
+                                   kept=kept if index == 0 else None)
+                notes = _evaluate(cursor, store, live, day, result, keys=keys, work=work)
                 live = [s for s in live if s.slug not in result.failed]
-                rows = _measure(cursor, store, live, day, previous_day)
+                rows = _measure(cursor, store, live, day, previous_day, work=work)
                 SegmentSnapshot.objects.filter(segment__in=live, date=day).delete()
                 SegmentSnapshot.objects.bulk_create([
                     SegmentSnapshot(store=store, segment=s, date=day, period_days=(day - previous_day).days,
@@ -323,12 +384,13 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
                     if notes.get(segment.pk):
                         result.approximate[segment.slug] = ", ".join(sorted(notes[segment.pk]))
                 result.snapshots += len(live)
-                if keep_members and index == total - 1:
+                if work != WORK:  # the kept members moved with the day
+                    SnapshotCursor.objects.filter(segment__in=live).update(date=day)
+                    _analyze_if_moved(cursor, work, sum(r["joined"] + r["left"] for r in rows.values()))
+                elif keep_members and index == total - 1:
                     _keep_members(cursor, store, live, day)
-                if index < total - 1:  # the next day diffs against this one
-                    cursor.execute(f"DELETE FROM {PREVIOUS}")
-                    cursor.execute(f"INSERT INTO {PREVIOUS} (segment_id, customer_id) "
-                                   f"SELECT segment_id, customer_id FROM {CURRENT}")
+                if keep_members and index == total - 1:
+                    _inputs_keep(cursor, store, live, inputs, kept)
         previous_day = day
         _lock_heartbeat(store)
         result.days += 1
@@ -341,9 +403,15 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
 def _create_tables() -> None:
     timestamp = "timestamptz" if connection.vendor == "postgresql" else "text"
     with connection.cursor() as cursor:
-        for table in (CURRENT, PREVIOUS):
-            cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} "
-                           "(segment_id bigint, customer_id bigint, PRIMARY KEY (segment_id, customer_id))")
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {WORK} (store_id bigint, segment_id bigint, "
+                       "customer_id bigint, PRIMARY KEY (segment_id, customer_id))")
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {CHANGES} "
+                       "(segment_id bigint, customer_id bigint, joined integer, PRIMARY KEY (segment_id, customer_id))")
+        for table in (NEW, CHANGED):
+            cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (customer_id bigint PRIMARY KEY)")
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {DIRTY} "
+                       "(bucket integer, customer_id bigint, PRIMARY KEY (bucket, customer_id))")
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {DIGESTS} (customer_id bigint PRIMARY KEY, digest text)")
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STATS} (customer_id bigint PRIMARY KEY, n integer, "
                        f"spent numeric, first_at {timestamp}, last_at {timestamp})")
 
@@ -352,24 +420,203 @@ def _ids(segments: list[Segment]) -> str:
     return ", ".join(str(int(s.pk)) for s in segments) or "NULL"
 
 
-def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, result: SnapshotResult, *, into: str
-              ) -> dict[int, set[str]]:
-    """Fill ``into`` with each segment's members at the end of ``day``; returns what was approximated."""
-    cursor.execute(f"DELETE FROM {into}")
-    context = evaluation_context(store=store, as_of=day)
+# --- who may have changed ---------------------------------------------------------------------------
+
+
+def _digest_sql() -> str:
+    """One text per customer that changes when a column a rule reads changes, or an ingest refreshed it."""
+    columns = (*rules.CUSTOMER_COLUMNS, "facts_refreshed_at")
+    text = " || '|' || ".join(f"COALESCE(CAST(c.{column} AS TEXT), '~')" for column in columns)
+    return f"md5({text})" if connection.vendor == "postgresql" else text
+
+
+def _inputs_capture(store: Store) -> Inputs:
+    """Today's inputs; ``DIGESTS`` gets the customers whose digest differs from the kept one (NULL: gone)."""
+    stored = SnapshotCustomerDigest._meta.db_table
+    customers = Customer._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {DIGESTS}")
+        cursor.execute(
+            f"""INSERT INTO {DIGESTS} (customer_id, digest)
+                SELECT now.id, now.digest FROM (SELECT c.id, {_digest_sql()} AS digest FROM {customers} c
+                                                WHERE c.store_id = %s) now
+                LEFT JOIN {stored} s ON s.store_id = %s AND s.customer_id = now.id
+                WHERE s.digest IS NULL OR s.digest <> now.digest
+                UNION ALL
+                SELECT s.customer_id, NULL FROM {stored} s WHERE s.store_id = %s AND NOT EXISTS (
+                    SELECT 1 FROM {customers} c WHERE c.id = s.customer_id AND c.store_id = %s)""",
+            [store.pk, store.pk, store.pk, store.pk])
+        if connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {DIGESTS}")
+    newest = CustomerTagEvent.objects.filter(store=store).aggregate(newest=Max("id"))["newest"] or 0
+    return Inputs(tag_event_id=newest, catalogue=_catalogue_digest(store), captured_at=timezone.now())
+
+
+def _catalogue_digest(store: Store) -> str:
+    """Changes when what every customer's rule reads changes: products and their tags (products_purchased
+    resolves them to ids), tag mappings (partner attributes), the start of the tag history."""
+    from integrations.models import TagMapping
+
+    digest = hashlib.sha256()
+    for rows in (
+        Product.objects.filter(store=store).order_by("pk").values_list("pk", "shopify_id", "product_type", "vendor"),
+        ProductTag.objects.filter(store=store).order_by("product_id", "name").values_list("product_id", "name"),
+        TagMapping.objects.filter(store=store).order_by("pk").values_list("pk", "attribute", "kind", "pattern"),
+        [CustomerTagEvent.objects.filter(store=store).aggregate(start=Min("occurred_at"))["start"]],
+    ):
+        for row in rows:
+            digest.update(repr(row).encode())
+        digest.update(b"/")
+    return digest.hexdigest()
+
+
+def _kept_inputs(store: Store, segments: list[Segment], inputs: Inputs) -> tuple[SnapshotInputs | None, set[int]]:
+    """The inputs the kept members were computed with, and the segments whose members are not from them."""
+    kept = SnapshotInputs.objects.filter(store=store).first()
+    if kept is None or kept.catalogue != inputs.catalogue:
+        return None, {s.pk for s in segments}
+    numbers = dict(SnapshotCursor.objects.filter(segment__in=segments).values_list("segment_id", "inputs"))
+    return kept, {s.pk for s in segments if numbers.get(s.pk) != kept.number}
+
+
+def _evaluated_for_everyone(store: Store, segments: list[Segment]) -> set[int]:
+    """Segments whose verdicts can move without their customer changing."""
+    without_history = not CustomerTagEvent.objects.filter(store=store).exists()
+    return {
+        s.pk for s in segments
+        if s.kind == SegmentKind.LIST or rules.store_wide(s.rule)
+        or (without_history and rules.reads_tags(s.rule))
+    }
+
+
+def _referring_to(segments: list[Segment], everyone: set[int]) -> set[int]:
+    """Segments that refer (directly or not) to one in ``everyone`` or to one outside the walk."""
+    by_slug = {s.slug: s for s in segments}
+    found = set(everyone)
+    for segment in segments:  # dependency order: references come first
+        refs = rules.referenced_segments(segment.rule) if segment.rule else set()
+        if any(ref not in by_slug or by_slug[ref].pk in found for ref in refs):
+            found.add(segment.pk)
+    return found - everyone
+
+
+def _changed_fill(cursor, store: Store, period: tuple[dt.datetime, dt.datetime], *, kept: SnapshotInputs | None
+                  ) -> None:
+    """``CHANGED`` := customers who ordered, signed up or had a tag change in ``period`` (and, with
+    ``kept``, whose digest or tags changed since the kept members were computed)."""
+    adapt = connection.ops.adapt_datetimefield_value
+    low, high = adapt(period[0]), adapt(period[1])
+    events_test, events_params = "occurred_at >= %s AND occurred_at < %s", [low, high]
+    if kept is not None:  # tag events recorded since the kept members, whatever day they are for
+        events_test = f"({events_test}) OR id > %s"
+        events_params.append(kept.tag_event_id)
+    since_kept = f" UNION SELECT customer_id FROM {DIGESTS}" if kept is not None else ""
+    cursor.execute(f"DELETE FROM {CHANGED}")
+    cursor.execute(
+        f"""INSERT INTO {CHANGED} (customer_id)
+            SELECT customer_id FROM {Order._meta.db_table}
+            WHERE store_id = %s AND customer_id IS NOT NULL AND created_at >= %s AND created_at < %s
+            UNION SELECT id FROM {Customer._meta.db_table}
+            WHERE store_id = %s AND shopify_created_at >= %s AND shopify_created_at < %s
+            UNION SELECT customer_id FROM {CustomerTagEvent._meta.db_table} WHERE store_id = %s AND ({events_test})
+            {since_kept}""",
+        [store.pk, low, high, store.pk, low, high, store.pk, *events_params])
+
+
+def _dirty_fill(cursor, store: Store, segments: list[Segment], everyone: set[int], previous_day: dt.date,
+                day: dt.date, *, kept: SnapshotInputs | None) -> dict[int, int]:
+    """Fill ``DIRTY`` with, per segment evaluated incrementally, the customers whose verdicts may move
+    between the ends of ``previous_day`` and ``day``; returns {segment id: its key in ``DIRTY``}.
+
+    That is ``CHANGED`` plus whoever has an order (or a sign-up) in a span one of the segment's
+    relative dates sweeps, or one of the segments it refers to does (their moves are its moves).
+    """
+    zone = store.zone
+
+    def start(of: dt.date) -> dt.datetime:
+        return dt.datetime.combine(of, dt.time.min, tzinfo=zone)
+
+    _changed_fill(cursor, store, (start(previous_day + dt.timedelta(days=1)), start(day + dt.timedelta(days=1))),
+                  kept=kept)
+    cursor.execute(f"DELETE FROM {DIRTY}")
+    spans: dict[str, tuple[frozenset, frozenset]] = {}
+    keys: dict[tuple[frozenset, frozenset], int] = {}
+    chosen: dict[int, int] = {}
+    adapt = connection.ops.adapt_datetimefield_value
+    for segment in segments:  # dependency order: references come first
+        if segment.pk in everyone or segment.kind != SegmentKind.CONDITION:
+            continue
+        orders, added = _edges(segment.rule, previous_day, day, start)
+        for ref in rules.referenced_segments(segment.rule):
+            orders, added = orders | spans[ref][0], added | spans[ref][1]
+        spans[segment.slug] = (orders, added)
+        if (orders, added) not in keys:
+            key = keys[(orders, added)] = len(keys) + 1
+            parts = [f"SELECT customer_id FROM {CHANGED}"]
+            params: list = []
+            for table, column, chosen_spans in ((Order._meta.db_table, "customer_id", orders),
+                                                (Customer._meta.db_table, "id", added)):
+                if chosen_spans:
+                    test = " OR ".join(f"({_time_column(table)} >= %s AND {_time_column(table)} < %s)"
+                                       for _span in chosen_spans)
+                    parts.append(f"SELECT {column} FROM {table} WHERE store_id = %s AND {column} IS NOT NULL "
+                                 f"AND ({test})")
+                    params += [store.pk, *(adapt(bound) for span in sorted(chosen_spans) for bound in span)]
+            cursor.execute(f"INSERT INTO {DIRTY} (bucket, customer_id) SELECT %s, u.customer_id FROM ("
+                           + " UNION ".join(parts) + ") u", [key, *params])
+        chosen[segment.pk] = keys[(orders, added)]
+    if connection.vendor == "postgresql":
+        cursor.execute(f"ANALYZE {DIRTY}")
+    return chosen
+
+
+def _time_column(table: str) -> str:
+    return "created_at" if table == Order._meta.db_table else "shopify_created_at"
+
+
+def _edges(tree: dict, previous_day: dt.date, day: dt.date, start) -> tuple[frozenset, frozenset]:
+    """Time spans the rule's relative dates sweep from ``previous_day`` to ``day``, for order times and for
+    sign-up times: an order inside one may pass a test on one day and not the other (``< -90d``)."""
+    orders, added = set(), set()
+    for name, value, op in rules.date_tests(tree or {}):
+        if rules.parse_date_value(value)[0] == "absolute":
+            continue
+        before, after = sorted((rules.resolve_date(value, previous_day), rules.resolve_date(value, day)))
+        # A test's bound is the start of its day (>=, <) or of the next (>, <=); = and BETWEEN use both.
+        for offset in {">=": (0,), "<": (0,), ">": (1,), "<=": (1,)}.get(op, (0, 1)):
+            if before < after:
+                span = (start(before + dt.timedelta(days=offset)), start(after + dt.timedelta(days=offset)))
+                (added if name == "customer_added_date" else orders).add(span)
+    return frozenset(orders), frozenset(added)
+
+
+# --- one day ------------------------------------------------------------------------------------------
+
+
+def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, result: SnapshotResult, *,
+              keys: dict[int, int], work: str) -> dict[int, set[str]]:
+    """Move ``work`` to each segment's members at the end of ``day``, recording the moves in ``CHANGES``.
+
+    A segment with a key in ``keys`` is evaluated for its customers in ``DIRTY`` only; the others
+    for every customer. Returns what was approximated.
+    """
+    cursor.execute(f"DELETE FROM {CHANGES}")
     _fill_stats(cursor, store, day)
+    context = evaluation_context(store=store, as_of=day)
     context.facts_table = STATS
-    done: dict[str, int] = {}  # segments are in dependency order: in_segment reads what is already in ``into``
+    done: dict[str, int] = {}  # segments are in dependency order: in_segment reads what is already in work
+    notes: dict[int, set[str]] = {}
 
     def evaluated(slug: str) -> RawSQL | None:
         if slug not in done:
             return None
         context.notes |= notes.get(done[slug], set())  # what the referenced segment approximated
-        return RawSQL(f"SELECT customer_id FROM {into} WHERE segment_id = %s", [done[slug]])
+        return RawSQL(f"SELECT customer_id FROM {work} WHERE segment_id = %s", [done[slug]])
 
     context.evaluated = evaluated
-    notes: dict[int, set[str]] = {}
     for segment in segments:
+        key = keys.get(segment.pk)
+        context.scope = RawSQL(f"SELECT customer_id FROM {DIRTY} WHERE bucket = %s", [key]) if key else None
         if segment.kind == SegmentKind.LIST:
             members = Membership.objects.filter(segment=segment, since__lte=day).values("customer_id")
         else:
@@ -381,16 +628,42 @@ def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, resul
                 logger.warning("snapshot of segment %s skipped: %s", segment.pk, exc)
                 continue
             notes[segment.pk] = set(context.notes)
+        cursor.execute(f"DELETE FROM {NEW}")
         try:
             sql, params = members.query.sql_with_params()
         except EmptyResultSet:  # the rule provably matches nobody
-            continue
-        cursor.execute(f"INSERT INTO {into} (segment_id, customer_id) SELECT %s, m.* FROM ({sql}) m",
-                       [segment.pk, *params])
+            pass
+        else:
+            cursor.execute(f"INSERT INTO {NEW} (customer_id) SELECT m.* FROM ({sql}) m", params)
+        if key is None and connection.vendor == "postgresql":
+            cursor.execute(f"ANALYZE {NEW}")
+        _changes_record(cursor, store, segment.pk, key, work=work)
         done[segment.slug] = segment.pk
-    if connection.vendor == "postgresql":
-        cursor.execute(f"ANALYZE {into}")
     return notes
+
+
+def _changes_record(cursor, store: Store, segment_id: int, key: int | None, *, work: str) -> None:
+    """Diff ``NEW`` against the segment's rows of ``work`` into ``CHANGES`` (only for the customers of
+    ``key`` in ``DIRTY`` when given), then apply it to ``work``."""
+    scope = f" AND w.customer_id IN (SELECT customer_id FROM {DIRTY} WHERE bucket = {int(key)})" if key else ""
+    cursor.execute(
+        f"""INSERT INTO {CHANGES} (segment_id, customer_id, joined)
+            SELECT %s, n.customer_id, 1 FROM {NEW} n WHERE NOT EXISTS (
+                SELECT 1 FROM {work} w WHERE w.segment_id = %s AND w.customer_id = n.customer_id)""",
+        [segment_id, segment_id])
+    cursor.execute(
+        f"""INSERT INTO {CHANGES} (segment_id, customer_id, joined)
+            SELECT %s, w.customer_id, 0 FROM {work} w WHERE w.segment_id = %s{scope} AND NOT EXISTS (
+                SELECT 1 FROM {NEW} n WHERE n.customer_id = w.customer_id)""",
+        [segment_id, segment_id])
+    cursor.execute(
+        f"""DELETE FROM {work} WHERE segment_id = %s AND customer_id IN (
+                SELECT customer_id FROM {CHANGES} WHERE segment_id = %s AND joined = 0)""",
+        [segment_id, segment_id])
+    cursor.execute(
+        f"INSERT INTO {work} (store_id, segment_id, customer_id) "
+        f"SELECT %s, segment_id, customer_id FROM {CHANGES} WHERE segment_id = %s AND joined = 1",
+        [store.pk, segment_id])
 
 
 def _fill_stats(cursor, store: Store, day: dt.date) -> None:
@@ -416,8 +689,9 @@ def days_between_sql(later: str, earlier: str) -> str:
     return f"(julianday({later}) - julianday({earlier}))"
 
 
-def _measure(cursor, store: Store, segments: list[Segment], day: dt.date, previous_day: dt.date) -> dict[int, dict]:
-    """Every KPI of every segment in ``CURRENT`` at the end of ``day``; the period is (previous_day, day]."""
+def _measure(cursor, store: Store, segments: list[Segment], day: dt.date, previous_day: dt.date, *, work: str
+             ) -> dict[int, dict]:
+    """Every KPI of every segment in ``work`` at the end of ``day``; the period is (previous_day, day]."""
     zone = store.zone
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min, tzinfo=zone)
     start = dt.datetime.combine(previous_day + dt.timedelta(days=1), dt.time.min, tzinfo=zone)
@@ -428,20 +702,23 @@ def _measure(cursor, store: Store, segments: list[Segment], day: dt.date, previo
         f"""SELECT c.segment_id, COUNT(*), COUNT(s.customer_id), SUM(CASE WHEN s.n >= 2 THEN 1 ELSE 0 END),
                    SUM(s.spent), SUM(s.n), SUM(s.spent * 1.0 / s.n),
                    SUM(CASE WHEN s.n >= 2 THEN {days_between_sql('s.last_at', 's.first_at')} / (s.n - 1) END)
-            FROM {CURRENT} c LEFT JOIN {STATS} s ON s.customer_id = c.customer_id
+            FROM {work} c LEFT JOIN {STATS} s ON s.customer_id = c.customer_id
+            WHERE c.segment_id IN ({_ids(segments)})
             GROUP BY c.segment_id"""
     )
     kpis = {row[0]: row[1:] for row in cursor.fetchall()}
     cursor.execute(
         f"""SELECT c.segment_id, COUNT(o.id), SUM(o.total - o.refunded_amount)
-            FROM {CURRENT} c JOIN {orders} o ON o.customer_id = c.customer_id
-            WHERE o.store_id = %s AND o.ordinal IS NOT NULL AND o.created_at >= %s AND o.created_at < %s
+            FROM {work} c JOIN {orders} o ON o.customer_id = c.customer_id
+            WHERE c.segment_id IN ({_ids(segments)}) AND o.store_id = %s AND o.ordinal IS NOT NULL AND o.created_at >= %s AND o.created_at < %s
             GROUP BY c.segment_id""",
         [store.pk, start, end],
     )
     activity = {row[0]: row[1:] for row in cursor.fetchall()}
-    joined = _diff_counts(cursor, CURRENT, PREVIOUS)
-    left = _diff_counts(cursor, PREVIOUS, CURRENT)
+    cursor.execute(f"SELECT segment_id, SUM(joined), SUM(1 - joined) FROM {CHANGES} GROUP BY segment_id")
+    moves = {row[0]: (int(row[1]), int(row[2])) for row in cursor.fetchall()}
+    joined = {pk: pair[0] for pk, pair in moves.items()}
+    left = {pk: pair[1] for pk, pair in moves.items()}
     rows = {}
     for segment in segments:
         members, buyers, repeaters, spent, n, aov_sum, interval_sum = kpis.get(segment.pk, (0, 0, 0, 0, 0, 0, None))
@@ -466,29 +743,44 @@ def _measure(cursor, store: Store, segments: list[Segment], day: dt.date, previo
     return rows
 
 
-def _diff_counts(cursor, table: str, other: str) -> dict[int, int]:
-    cursor.execute(
-        f"""SELECT t.segment_id, COUNT(*) FROM {table} t WHERE NOT EXISTS (
-                SELECT 1 FROM {other} o WHERE o.segment_id = t.segment_id AND o.customer_id = t.customer_id)
-            GROUP BY t.segment_id"""
-    )
-    return dict(cursor.fetchall())
+def _analyze_if_moved(cursor, table: str, moved: int) -> None:
+    """Fresh planner statistics after many rows moved (a first day): stale ones pick plans that scan
+    every kept member for each segment's diff."""
+    if moved >= ANALYZE_AFTER and connection.vendor == "postgresql":
+        cursor.execute(f"ANALYZE {table}")
 
 
 def _keep_members(cursor, store: Store, segments: list[Segment], day: dt.date) -> None:
-    """Make the kept members equal today's: only those who left or joined move (a day moves few)."""
+    """Make the kept members equal ``WORK``: only those who left or joined move (a day moves few)."""
     table = SnapshotMember._meta.db_table
     cursor.execute(
         f"DELETE FROM {table} WHERE segment_id IN ({_ids(segments)}) AND NOT EXISTS ("
-        f"SELECT 1 FROM {CURRENT} c WHERE c.segment_id = {table}.segment_id AND c.customer_id = {table}.customer_id)")
+        f"SELECT 1 FROM {WORK} c WHERE c.segment_id = {table}.segment_id AND c.customer_id = {table}.customer_id)")
     cursor.execute(
         f"INSERT INTO {table} (store_id, segment_id, customer_id) SELECT %s, c.segment_id, c.customer_id "
-        f"FROM {CURRENT} c WHERE NOT EXISTS (SELECT 1 FROM {table} k "
+        f"FROM {WORK} c WHERE c.segment_id IN ({_ids(segments)}) AND NOT EXISTS (SELECT 1 FROM {table} k "
         f"WHERE k.segment_id = c.segment_id AND k.customer_id = c.customer_id)", [store.pk])
+    _analyze_if_moved(cursor, table, cursor.rowcount)
     versions = rule_versions(segments)
     for segment in segments:
         SnapshotCursor.objects.update_or_create(
             segment=segment, defaults={"store": store, "date": day, "version": versions.get(segment.pk, 0)})
+
+
+def _inputs_keep(cursor, store: Store, segments: list[Segment], inputs: Inputs, kept: SnapshotInputs | None) -> None:
+    """Record the inputs the kept members of ``segments`` now come from (captured at the walk's start)."""
+    table = SnapshotCustomerDigest._meta.db_table
+    cursor.execute(f"DELETE FROM {table} WHERE store_id = %s AND customer_id IN ("
+                   f"SELECT customer_id FROM {DIGESTS} WHERE digest IS NULL)", [store.pk])
+    cursor.execute(
+        f"""INSERT INTO {table} (store_id, customer_id, digest)
+            SELECT %s, customer_id, digest FROM {DIGESTS} WHERE digest IS NOT NULL
+            ON CONFLICT (store_id, customer_id) DO UPDATE SET digest = excluded.digest""", [store.pk])
+    current = SnapshotInputs.objects.filter(store=store).values_list("number", flat=True).first() or 0
+    SnapshotInputs.objects.update_or_create(store=store, defaults={
+        "number": current + 1, "tag_event_id": inputs.tag_event_id, "catalogue": inputs.catalogue,
+        "captured_at": inputs.captured_at})
+    SnapshotCursor.objects.filter(segment__in=segments).update(inputs=current + 1)
 
 
 def _dec(value) -> Decimal:

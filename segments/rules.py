@@ -352,6 +352,43 @@ def referenced_segments(tree: dict) -> set[str]:
     return {cond["value"] for _path, cond in iter_conditions(tree) if cond.get("field") == "in_segment"}
 
 
+DATE_FIELDS = ("first_order_date", "last_order_date", "customer_added_date")
+# The Customer columns conditions read (besides the store and the orders, lines and tags): a change to
+# any of them can change a verdict (metrics.snapshots digests them to find who changed).
+CUSTOMER_COLUMNS = (
+    "orders_count", "amount_spent", "average_order_value", "first_order_at", "last_order_at",
+    "shopify_created_at", "country_code", "province_code", "city", "email_marketing", "sms_marketing",
+    "first_order_discount_code", "first_order_source", "first_order_utm_source", "first_order_utm_medium",
+    "first_order_utm_campaign",
+)
+
+
+def date_tests(tree: dict) -> Iterator[tuple[str, str, str]]:
+    """(field, value, op) of every date comparison in a valid tree, attributes and function parameters
+    alike; each end of a BETWEEN is given with the op ``between``."""
+    for _path, condition in iter_conditions(tree):
+        tests = []
+        if condition["field"] in DATE_FIELDS:
+            tests.append((condition["op"], condition.get("value")))
+        for name, param in (condition.get("params") or {}).items():
+            if name == "date":
+                tests.append((param["op"], param["value"]))
+        for op, value in tests:
+            if op in ("is_null", "is_not_null"):
+                continue
+            for item in (value if op == "between" else [value]):
+                yield condition["field"], item, op
+
+
+def store_wide(tree: dict) -> bool:
+    """Whether one customer's verdict can change when other customers change (RFM's store quintiles)."""
+    return any(c["field"] == "rfm_group" and c.get("value") != "PROSPECTS" for _path, c in iter_conditions(tree))
+
+
+def reads_tags(tree: dict) -> bool:
+    return any(c["field"] == "customer_tags" or c["field"] in MAPPED_ATTRIBUTES for _path, c in iter_conditions(tree))
+
+
 # ---------------------------------------------------------------------------------------------
 # Dates
 

@@ -116,6 +116,9 @@ class Customer(models.Model):
     first_order_utm_source = models.CharField(_("first order UTM source"), max_length=255, blank=True)
     first_order_utm_medium = models.CharField(_("first order UTM medium"), max_length=255, blank=True)
     first_order_utm_campaign = models.CharField(_("first order UTM campaign"), max_length=255, blank=True)
+    # When an ingest last refreshed this customer's facts (orders arrived or changed). The next day's
+    # snapshots evaluate such customers again even if no fact moved (an edited line item, say).
+    facts_refreshed_at = models.DateTimeField(_("facts refreshed"), null=True, blank=True, editable=False)
 
     created_at = models.DateTimeField(_("added"), auto_now_add=True)
 

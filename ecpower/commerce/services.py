@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from ecpower.commerce.models import (
     Customer,
@@ -173,6 +174,13 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
             """,
             [store_id, *line_params],
         )
+        if ids is not None:
+            # 6. An ingest touched these customers: tomorrow's snapshots look at them again
+            # (metrics.snapshots compares this column with the day before, with the facts).
+            cursor.execute(
+                f"UPDATE {customer} SET facts_refreshed_at = %s WHERE store_id = %s{customer_scope}",
+                [connection.ops.adapt_datetimefield_value(timezone.now()), store_id, *customer_params],
+            )
     return moved
 
 

@@ -131,11 +131,12 @@ def test_refresh_of_a_subset_runs_a_fixed_number_of_statements(db, django_assert
     customers = [CustomerFactory(store=store) for _ in range(30)]
     for customer in customers:
         OrderFactory.create_batch(3, customer=customer, store=store)
-    # savepoint + 5 statements (clear ordinals, rank, reset, aggregate, copy to the lines) + release,
-    # whatever the size.
-    with django_assert_num_queries(7):
+    # savepoint + 6 statements (clear ordinals, rank, reset, aggregate, copy to the lines, stamp the
+    # refresh) + release, whatever the size.
+    with django_assert_num_queries(8):
         customer_facts_refresh(store=store, customer_ids=[c.pk for c in customers])
     assert set(Customer.objects.filter(store=store).values_list("orders_count", flat=True)) == {3}
+    assert not Customer.objects.filter(store=store, facts_refreshed_at__isnull=True).exists()
 
 
 def test_lines_follow_an_order_that_moved_to_another_customer(db):
