@@ -187,8 +187,9 @@ Q_CLUSTER["sync"] = env_bool("Q_SYNC", False)
 # --- ecpower ------------------------------------------------------------------------------------
 # Connections one recompute of a store's segments uses side by side on PostgreSQL (docs/performance.md).
 SEGMENT_RECOMPUTE_THREADS = env_int("ECPOWER_RECOMPUTE_THREADS", 2)
-# Snapshots evaluate each day only for the customers whose verdicts can move; off: every customer,
-# every day (slower, the same numbers; docs/metrics.md).
+# The daily recompute and snapshots evaluate only the customers whose verdicts can move; off: every
+# customer, every day (slower, the same results; docs/segments.md, docs/metrics.md).
+SEGMENTS_INCREMENTAL = env_bool("ECPOWER_SEGMENTS_INCREMENTAL", True)
 SNAPSHOTS_INCREMENTAL = env_bool("ECPOWER_SNAPSHOTS_INCREMENTAL", True)
 # Largest CSV file accepted from an upload (bytes).
 CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_CSV_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)

@@ -99,47 +99,6 @@ class SnapshotMember(models.Model):
         return f"{self.customer_id} ∈ {self.segment_id}"
 
 
-class SnapshotInputs(models.Model):
-    """What the store's kept members were computed from, so the next day evaluates only the customers
-    whose inputs changed since (``metrics.snapshots``): with ``SnapshotCustomerDigest`` per customer,
-    the newest tag event then, and a digest of what every customer's rule reads (catalogue, tag
-    mappings, the start of the tag history)."""
-
-    store = models.OneToOneField(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
-    number = models.PositiveIntegerField(_("number"), default=0, help_text=_("Raised at every capture."))
-    tag_event_id = models.BigIntegerField(_("newest tag event"), default=0)
-    catalogue = models.CharField(_("catalogue digest"), max_length=64, blank=True)
-    captured_at = models.DateTimeField(_("captured at"))
-
-    class Meta:
-        verbose_name = _("snapshot inputs")
-        verbose_name_plural = _("snapshot inputs")
-
-    def __str__(self) -> str:
-        return f"{self.store_id} #{self.number}"
-
-
-class SnapshotCustomerDigest(models.Model):
-    """A digest of the customer columns rules read, as they were when the kept members were computed."""
-
-    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
-                              **UNCHECKED)
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", verbose_name=_("customer"),
-                                 **UNCHECKED)
-    digest = models.CharField(_("digest"), max_length=64)
-
-    class Meta:
-        verbose_name = _("customer digest")
-        verbose_name_plural = _("customer digests")
-        constraints = [
-            # Also the index of the comparison with today's digests.
-            models.UniqueConstraint(fields=["store", "customer"], name="snapshot_digest_unique"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.customer_id}: {self.digest}"
-
-
 class Journey(models.Model):
     """Ordered stages (segments) customers move through, e.g. first purchase → repeat → loyal."""
 
@@ -248,10 +207,10 @@ class SnapshotCursor(models.Model):
     version = models.PositiveIntegerField(
         _("rule version"), default=0,
         help_text=_("The segment's rule version the history was computed with; another one rebuilds it."))
-    inputs = models.PositiveIntegerField(
-        _("inputs"), default=0,
-        help_text=_("The store's SnapshotInputs number its members were computed with; any other number "
-                    "makes the next day evaluate every customer."))
+    baseline = models.PositiveIntegerField(
+        _("baseline"), default=0,
+        help_text=_("The number of the store's snapshots ChangeBaseline its members were computed from; "
+                    "any other makes the next day evaluate every customer."))
 
     class Meta:
         verbose_name = _("snapshot cursor")

@@ -200,9 +200,9 @@ def step_import(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
 
 
 def step_recompute(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
-    from segments.services import store_segments_recompute
+    from segments.services import store_segments_refresh
 
-    done = store_segments_recompute(store=run.store)
+    done = store_segments_refresh(store=run.store)
     summary = {
         "segments": len(done.results),
         "changed": {r.slug: [r.joined, r.left] for r in done.results if r.joined or r.left},

@@ -10,15 +10,11 @@ For each day D (the end of D in the store's time zone) and every segment at once
 3. one grouped statement gives the KPIs, one the orders and revenue of the period; the snapshot
    rows are replaced.
 
-Most verdicts do not move from one day to the next. A segment is evaluated only for the customers
-who ordered, signed up or had a tag change in the period, whose orders (or sign-up) lie in a span
-one of its relative dates sweeps (``-90d`` moves by a day), and, on a walk's first day, whose
-digested columns (``rules.CUSTOMER_COLUMNS`` and the time an ingest last refreshed them) or tag
-events changed since the kept members were computed. Everyone else keeps the day before's verdict.
-Segments whose verdicts can move without their customer changing are evaluated for everyone:
-RFM groups (store quintiles), lists, tag rules of a store without tag history, segments referring
-to those, and every segment on a day the catalogue, tag mappings or the tag history's start
-changed. ``ECPOWER_SNAPSHOTS_INCREMENTAL=0`` evaluates everyone every day;
+Most verdicts do not move from one day to the next: a segment is evaluated only for the customers
+whose verdicts can move (``segments.changes``: who ordered, signed up or was retagged in the
+period, whose orders or sign-up a relative date sweeps past, and on a walk's first day whose data
+or tags changed since the kept members were computed); everyone else keeps the day before's.
+``ECPOWER_SNAPSHOTS_INCREMENTAL=0`` evaluates everyone every day;
 tests/metrics/test_incremental_snapshots.py holds the two equal.
 
 The daily run and a backfill are the same walk, so a backfilled day equals what the daily run
@@ -26,14 +22,12 @@ recorded that day (tests/metrics/test_backfill.py replays a month to show it). D
 the last ``DAILY_WINDOW_DAYS`` of a backfill and weekly before that.
 
 ``SnapshotMember`` + ``SnapshotCursor`` hold each segment's members as of its latest snapshot day
-(a daily walk moves them in place, day by day); ``SnapshotInputs`` and ``SnapshotCustomerDigest``
-what they were computed from.
+(a daily walk moves them in place, day by day) and the ``ChangeBaseline`` they were computed from.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import socket
@@ -52,18 +46,11 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.models import Customer, CustomerTagEvent, Order, Product, ProductTag, Store
-from metrics.models import (
-    SegmentSnapshot,
-    SnapshotCursor,
-    SnapshotCustomerDigest,
-    SnapshotInputs,
-    SnapshotLock,
-    SnapshotMember,
-    SnapshotSource,
-)
-from segments import rules
-from segments.models import Membership, Segment, SegmentKind, SegmentVersion
+from ecpower.commerce.models import Customer, CustomerTagEvent, Order, Store
+from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotLock, SnapshotMember, SnapshotSource
+from segments import changes, rules
+from segments.changes import Capture
+from segments.models import ChangeBaseline, ChangePurpose, Membership, Segment, SegmentKind, SegmentVersion
 from segments.selectors import dependency_order, evaluation_context, store_today
 
 logger = logging.getLogger(__name__)
@@ -323,15 +310,6 @@ def _segments(store: Store, segments: Iterable[Segment] | None) -> list[Segment]
 # for everyone (docs/performance.md, "Snapshots").
 
 
-@dataclass
-class Inputs:
-    """What the walk reads besides orders and tags: captured at its start, kept with its members."""
-
-    tag_event_id: int
-    catalogue: str
-    captured_at: dt.datetime
-
-
 def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: dt.date | None, source: str,
           result: SnapshotResult, progress: Progress | None, keep_members: bool = True) -> None:
     """Record snapshots of ``segments`` for ``days`` (ascending), diffing each day against the one before.
@@ -341,8 +319,8 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
     """
     _create_tables()
     live = list(segments)
-    inputs = _inputs_capture(store) if keep_members or seed is None else None
-    kept: SnapshotInputs | None = None
+    taken = changes.capture(store, ChangePurpose.SNAPSHOTS, DIGESTS) if keep_members or seed is None else None
+    baseline: ChangeBaseline | None = None
     # A daily walk moves the kept members themselves, day by day; others work on a copy.
     work = SnapshotMember._meta.db_table if seed is None and keep_members else WORK
     with connection.cursor() as cursor:
@@ -357,9 +335,10 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
                 cursor.execute(
                     f"INSERT INTO {WORK} (store_id, segment_id, customer_id) SELECT store_id, segment_id, customer_id "
                     f"FROM {SnapshotMember._meta.db_table} WHERE segment_id IN ({_ids(live)})")
-            kept, unknown = _kept_inputs(store, live, inputs)
+            numbers = dict(SnapshotCursor.objects.filter(segment__in=live).values_list("segment_id", "baseline"))
+            baseline, unknown = changes.baseline_compare(store, taken, {s.pk: numbers.get(s.pk, 0) for s in live})
     previous_day = seed if seed is not None else days[0] - dt.timedelta(days=1)
-    always = _evaluated_for_everyone(store, live) if settings.SNAPSHOTS_INCREMENTAL else {s.pk for s in live}
+    always = changes.evaluated_for_everyone(store, live) if settings.SNAPSHOTS_INCREMENTAL else {s.pk for s in live}
     total = len(days)
     for index, day in enumerate(days):
         live = [s for s in live if s.slug not in result.failed]
@@ -368,9 +347,13 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
         with transaction.atomic():
             with connection.cursor() as cursor:
                 everyone = always | (unknown if index == 0 else set())
-                everyone |= _referring_to(live, everyone)
-                keys = _dirty_fill(cursor, store, live, everyone, previous_day, day,
-                                   kept=kept if index == 0 else None)
+                everyone |= changes.referring_to(live, everyone)
+                keys = {}
+                if any(s.pk not in everyone for s in live):
+                    _changed_fill(cursor, store, previous_day, day, taken, baseline if index == 0 else None)
+                    keys = changes.dirty_fill(cursor, store, DIRTY, live, everyone,
+                                              lambda _segment, before=previous_day, after=day: (before, after),
+                                              (f"SELECT customer_id FROM {CHANGED}", []))
                 notes = _evaluate(cursor, store, live, day, result, keys=keys, work=work)
                 live = [s for s in live if s.slug not in result.failed]
                 rows = _measure(cursor, store, live, day, previous_day, work=work)
@@ -390,7 +373,8 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
                 elif keep_members and index == total - 1:
                     _keep_members(cursor, store, live, day)
                 if keep_members and index == total - 1:
-                    _inputs_keep(cursor, store, live, inputs, kept)
+                    number = changes.baseline_keep(cursor, store, taken)
+                    SnapshotCursor.objects.filter(segment__in=live).update(baseline=number)
         previous_day = day
         _lock_heartbeat(store)
         result.days += 1
@@ -407,11 +391,7 @@ def _create_tables() -> None:
                        "customer_id bigint, PRIMARY KEY (segment_id, customer_id))")
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {CHANGES} "
                        "(segment_id bigint, customer_id bigint, joined integer, PRIMARY KEY (segment_id, customer_id))")
-        for table in (NEW, CHANGED):
-            cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (customer_id bigint PRIMARY KEY)")
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {DIRTY} "
-                       "(bucket integer, customer_id bigint, PRIMARY KEY (bucket, customer_id))")
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {DIGESTS} (customer_id bigint PRIMARY KEY, digest text)")
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {NEW} (customer_id bigint PRIMARY KEY)")
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STATS} (customer_id bigint PRIMARY KEY, n integer, "
                        f"spent numeric, first_at {timestamp}, last_at {timestamp})")
 
@@ -420,97 +400,22 @@ def _ids(segments: list[Segment]) -> str:
     return ", ".join(str(int(s.pk)) for s in segments) or "NULL"
 
 
-# --- who may have changed ---------------------------------------------------------------------------
+# --- who may have changed (segments.changes) ----------------------------------------------------------
 
 
-def _digest_sql() -> str:
-    """One text per customer that changes when a column a rule reads changes, or an ingest refreshed it."""
-    columns = (*rules.CUSTOMER_COLUMNS, "facts_refreshed_at")
-    text = " || '|' || ".join(f"COALESCE(CAST(c.{column} AS TEXT), '~')" for column in columns)
-    return f"md5({text})" if connection.vendor == "postgresql" else text
-
-
-def _inputs_capture(store: Store) -> Inputs:
-    """Today's inputs; ``DIGESTS`` gets the customers whose digest differs from the kept one (NULL: gone)."""
-    stored = SnapshotCustomerDigest._meta.db_table
-    customers = Customer._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {DIGESTS}")
-        cursor.execute(
-            f"""INSERT INTO {DIGESTS} (customer_id, digest)
-                SELECT now.id, now.digest FROM (SELECT c.id, {_digest_sql()} AS digest FROM {customers} c
-                                                WHERE c.store_id = %s) now
-                LEFT JOIN {stored} s ON s.store_id = %s AND s.customer_id = now.id
-                WHERE s.digest IS NULL OR s.digest <> now.digest
-                UNION ALL
-                SELECT s.customer_id, NULL FROM {stored} s WHERE s.store_id = %s AND NOT EXISTS (
-                    SELECT 1 FROM {customers} c WHERE c.id = s.customer_id AND c.store_id = %s)""",
-            [store.pk, store.pk, store.pk, store.pk])
-        if connection.vendor == "postgresql":
-            cursor.execute(f"ANALYZE {DIGESTS}")
-    newest = CustomerTagEvent.objects.filter(store=store).aggregate(newest=Max("id"))["newest"] or 0
-    return Inputs(tag_event_id=newest, catalogue=_catalogue_digest(store), captured_at=timezone.now())
-
-
-def _catalogue_digest(store: Store) -> str:
-    """Changes when what every customer's rule reads changes: products and their tags (products_purchased
-    resolves them to ids), tag mappings (partner attributes), the start of the tag history."""
-    from integrations.models import TagMapping
-
-    digest = hashlib.sha256()
-    for rows in (
-        Product.objects.filter(store=store).order_by("pk").values_list("pk", "shopify_id", "product_type", "vendor"),
-        ProductTag.objects.filter(store=store).order_by("product_id", "name").values_list("product_id", "name"),
-        TagMapping.objects.filter(store=store).order_by("pk").values_list("pk", "attribute", "kind", "pattern"),
-        [CustomerTagEvent.objects.filter(store=store).aggregate(start=Min("occurred_at"))["start"]],
-    ):
-        for row in rows:
-            digest.update(repr(row).encode())
-        digest.update(b"/")
-    return digest.hexdigest()
-
-
-def _kept_inputs(store: Store, segments: list[Segment], inputs: Inputs) -> tuple[SnapshotInputs | None, set[int]]:
-    """The inputs the kept members were computed with, and the segments whose members are not from them."""
-    kept = SnapshotInputs.objects.filter(store=store).first()
-    if kept is None or kept.catalogue != inputs.catalogue:
-        return None, {s.pk for s in segments}
-    numbers = dict(SnapshotCursor.objects.filter(segment__in=segments).values_list("segment_id", "inputs"))
-    return kept, {s.pk for s in segments if numbers.get(s.pk) != kept.number}
-
-
-def _evaluated_for_everyone(store: Store, segments: list[Segment]) -> set[int]:
-    """Segments whose verdicts can move without their customer changing."""
-    without_history = not CustomerTagEvent.objects.filter(store=store).exists()
-    return {
-        s.pk for s in segments
-        if s.kind == SegmentKind.LIST or rules.store_wide(s.rule)
-        or (without_history and rules.reads_tags(s.rule))
-    }
-
-
-def _referring_to(segments: list[Segment], everyone: set[int]) -> set[int]:
-    """Segments that refer (directly or not) to one in ``everyone`` or to one outside the walk."""
-    by_slug = {s.slug: s for s in segments}
-    found = set(everyone)
-    for segment in segments:  # dependency order: references come first
-        refs = rules.referenced_segments(segment.rule) if segment.rule else set()
-        if any(ref not in by_slug or by_slug[ref].pk in found for ref in refs):
-            found.add(segment.pk)
-    return found - everyone
-
-
-def _changed_fill(cursor, store: Store, period: tuple[dt.datetime, dt.datetime], *, kept: SnapshotInputs | None
-                  ) -> None:
-    """``CHANGED`` := customers who ordered, signed up or had a tag change in ``period`` (and, with
-    ``kept``, whose digest or tags changed since the kept members were computed)."""
+def _changed_fill(cursor, store: Store, previous_day: dt.date, day: dt.date, taken: Capture | None,
+                  baseline: ChangeBaseline | None) -> None:
+    """``CHANGED`` := customers who ordered, signed up or had a tag change between the ends of
+    ``previous_day`` and ``day`` (and, with ``baseline``, whose data or tags changed since it)."""
     adapt = connection.ops.adapt_datetimefield_value
-    low, high = adapt(period[0]), adapt(period[1])
-    events_test, events_params = "occurred_at >= %s AND occurred_at < %s", [low, high]
-    if kept is not None:  # tag events recorded since the kept members, whatever day they are for
-        events_test = f"({events_test}) OR id > %s"
-        events_params.append(kept.tag_event_id)
-    since_kept = f" UNION SELECT customer_id FROM {DIGESTS}" if kept is not None else ""
+    zone = store.zone
+    low = adapt(dt.datetime.combine(previous_day + dt.timedelta(days=1), dt.time.min, tzinfo=zone))
+    high = adapt(dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min, tzinfo=zone))
+    since, since_params = "", []
+    if baseline is not None:
+        sql, since_params = changes.changed_since_sql(store, taken, baseline)
+        since = f" UNION {sql}"
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {CHANGED} (customer_id bigint PRIMARY KEY)")
     cursor.execute(f"DELETE FROM {CHANGED}")
     cursor.execute(
         f"""INSERT INTO {CHANGED} (customer_id)
@@ -518,76 +423,9 @@ def _changed_fill(cursor, store: Store, period: tuple[dt.datetime, dt.datetime],
             WHERE store_id = %s AND customer_id IS NOT NULL AND created_at >= %s AND created_at < %s
             UNION SELECT id FROM {Customer._meta.db_table}
             WHERE store_id = %s AND shopify_created_at >= %s AND shopify_created_at < %s
-            UNION SELECT customer_id FROM {CustomerTagEvent._meta.db_table} WHERE store_id = %s AND ({events_test})
-            {since_kept}""",
-        [store.pk, low, high, store.pk, low, high, store.pk, *events_params])
-
-
-def _dirty_fill(cursor, store: Store, segments: list[Segment], everyone: set[int], previous_day: dt.date,
-                day: dt.date, *, kept: SnapshotInputs | None) -> dict[int, int]:
-    """Fill ``DIRTY`` with, per segment evaluated incrementally, the customers whose verdicts may move
-    between the ends of ``previous_day`` and ``day``; returns {segment id: its key in ``DIRTY``}.
-
-    That is ``CHANGED`` plus whoever has an order (or a sign-up) in a span one of the segment's
-    relative dates sweeps, or one of the segments it refers to does (their moves are its moves).
-    """
-    zone = store.zone
-
-    def start(of: dt.date) -> dt.datetime:
-        return dt.datetime.combine(of, dt.time.min, tzinfo=zone)
-
-    _changed_fill(cursor, store, (start(previous_day + dt.timedelta(days=1)), start(day + dt.timedelta(days=1))),
-                  kept=kept)
-    cursor.execute(f"DELETE FROM {DIRTY}")
-    spans: dict[str, tuple[frozenset, frozenset]] = {}
-    keys: dict[tuple[frozenset, frozenset], int] = {}
-    chosen: dict[int, int] = {}
-    adapt = connection.ops.adapt_datetimefield_value
-    for segment in segments:  # dependency order: references come first
-        if segment.pk in everyone or segment.kind != SegmentKind.CONDITION:
-            continue
-        orders, added = _edges(segment.rule, previous_day, day, start)
-        for ref in rules.referenced_segments(segment.rule):
-            orders, added = orders | spans[ref][0], added | spans[ref][1]
-        spans[segment.slug] = (orders, added)
-        if (orders, added) not in keys:
-            key = keys[(orders, added)] = len(keys) + 1
-            parts = [f"SELECT customer_id FROM {CHANGED}"]
-            params: list = []
-            for table, column, chosen_spans in ((Order._meta.db_table, "customer_id", orders),
-                                                (Customer._meta.db_table, "id", added)):
-                if chosen_spans:
-                    test = " OR ".join(f"({_time_column(table)} >= %s AND {_time_column(table)} < %s)"
-                                       for _span in chosen_spans)
-                    parts.append(f"SELECT {column} FROM {table} WHERE store_id = %s AND {column} IS NOT NULL "
-                                 f"AND ({test})")
-                    params += [store.pk, *(adapt(bound) for span in sorted(chosen_spans) for bound in span)]
-            cursor.execute(f"INSERT INTO {DIRTY} (bucket, customer_id) SELECT %s, u.customer_id FROM ("
-                           + " UNION ".join(parts) + ") u", [key, *params])
-        chosen[segment.pk] = keys[(orders, added)]
-    if connection.vendor == "postgresql":
-        cursor.execute(f"ANALYZE {DIRTY}")
-    return chosen
-
-
-def _time_column(table: str) -> str:
-    return "created_at" if table == Order._meta.db_table else "shopify_created_at"
-
-
-def _edges(tree: dict, previous_day: dt.date, day: dt.date, start) -> tuple[frozenset, frozenset]:
-    """Time spans the rule's relative dates sweep from ``previous_day`` to ``day``, for order times and for
-    sign-up times: an order inside one may pass a test on one day and not the other (``< -90d``)."""
-    orders, added = set(), set()
-    for name, value, op in rules.date_tests(tree or {}):
-        if rules.parse_date_value(value)[0] == "absolute":
-            continue
-        before, after = sorted((rules.resolve_date(value, previous_day), rules.resolve_date(value, day)))
-        # A test's bound is the start of its day (>=, <) or of the next (>, <=); = and BETWEEN use both.
-        for offset in {">=": (0,), "<": (0,), ">": (1,), "<=": (1,)}.get(op, (0, 1)):
-            if before < after:
-                span = (start(before + dt.timedelta(days=offset)), start(after + dt.timedelta(days=offset)))
-                (added if name == "customer_added_date" else orders).add(span)
-    return frozenset(orders), frozenset(added)
+            UNION SELECT customer_id FROM {CustomerTagEvent._meta.db_table}
+            WHERE store_id = %s AND occurred_at >= %s AND occurred_at < %s{since}""",
+        [store.pk, low, high, store.pk, low, high, store.pk, low, high, *since_params])
 
 
 # --- one day ------------------------------------------------------------------------------------------
@@ -765,22 +603,6 @@ def _keep_members(cursor, store: Store, segments: list[Segment], day: dt.date) -
     for segment in segments:
         SnapshotCursor.objects.update_or_create(
             segment=segment, defaults={"store": store, "date": day, "version": versions.get(segment.pk, 0)})
-
-
-def _inputs_keep(cursor, store: Store, segments: list[Segment], inputs: Inputs, kept: SnapshotInputs | None) -> None:
-    """Record the inputs the kept members of ``segments`` now come from (captured at the walk's start)."""
-    table = SnapshotCustomerDigest._meta.db_table
-    cursor.execute(f"DELETE FROM {table} WHERE store_id = %s AND customer_id IN ("
-                   f"SELECT customer_id FROM {DIGESTS} WHERE digest IS NULL)", [store.pk])
-    cursor.execute(
-        f"""INSERT INTO {table} (store_id, customer_id, digest)
-            SELECT %s, customer_id, digest FROM {DIGESTS} WHERE digest IS NOT NULL
-            ON CONFLICT (store_id, customer_id) DO UPDATE SET digest = excluded.digest""", [store.pk])
-    current = SnapshotInputs.objects.filter(store=store).values_list("number", flat=True).first() or 0
-    SnapshotInputs.objects.update_or_create(store=store, defaults={
-        "number": current + 1, "tag_event_id": inputs.tag_event_id, "catalogue": inputs.catalogue,
-        "captured_at": inputs.captured_at})
-    SnapshotCursor.objects.filter(segment__in=segments).update(inputs=current + 1)
 
 
 def _dec(value) -> Decimal:

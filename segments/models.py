@@ -72,6 +72,10 @@ class Segment(models.Model):
     last_left = models.PositiveIntegerField(_("left in last run"), default=0)
     last_duration_ms = models.PositiveIntegerField(_("last duration (ms)"), null=True, blank=True)
     last_error = models.TextField(_("last error"), blank=True)
+    baseline = models.PositiveIntegerField(
+        _("baseline"), default=0, editable=False,
+        help_text=_("The number of the store's recompute ChangeBaseline its members were last computed "
+                    "from; any other makes the next daily recompute evaluate every customer."))
 
     # List segments only: where the members came from, and the held-out share.
     list_origin = models.CharField(_("made from"), max_length=10, choices=ListOrigin.choices, blank=True)
@@ -193,6 +197,55 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id} ∈ {self.segment_id}"
+
+
+class ChangePurpose(models.TextChoices):
+    RECOMPUTE = "recompute", _("Daily recompute")
+    SNAPSHOTS = "snapshots", _("Daily snapshots")
+
+
+class ChangeBaseline(models.Model):
+    """What a store's kept verdicts were computed from, so the next run evaluates only the customers
+    who may have changed since (``segments.changes``): with ``CustomerDigest`` per customer, the newest
+    tag event then, and a digest of what every customer's rule reads (catalogue, tag mappings, the
+    start of the tag history)."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    purpose = models.CharField(_("purpose"), max_length=10, choices=ChangePurpose.choices)
+    number = models.PositiveIntegerField(_("number"), default=0, help_text=_("Raised at every capture."))
+    tag_event_id = models.BigIntegerField(_("newest tag event"), default=0)
+    catalogue = models.CharField(_("catalogue digest"), max_length=64, blank=True)
+    captured_at = models.DateTimeField(_("captured at"))
+
+    class Meta:
+        verbose_name = _("change baseline")
+        verbose_name_plural = _("change baselines")
+        constraints = [models.UniqueConstraint(fields=["store", "purpose"], name="change_baseline_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.store_id} {self.purpose} #{self.number}"
+
+
+class CustomerDigest(models.Model):
+    """A digest of the customer columns rules read, as a ``ChangeBaseline`` saw them."""
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
+                              **UNCHECKED)
+    purpose = models.CharField(_("purpose"), max_length=10, choices=ChangePurpose.choices)
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", verbose_name=_("customer"),
+                                 **UNCHECKED)
+    digest = models.CharField(_("digest"), max_length=64)
+
+    class Meta:
+        verbose_name = _("customer digest")
+        verbose_name_plural = _("customer digests")
+        constraints = [
+            # Also the index of the comparison with today's digests.
+            models.UniqueConstraint(fields=["store", "purpose", "customer"], name="customer_digest_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}: {self.digest}"
 
 
 class MembershipEventKind(models.TextChoices):

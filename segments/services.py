@@ -26,8 +26,9 @@ from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Store
 from ecpower.commerce.services import customer_scope
-from segments import rules
+from segments import changes, rules
 from segments.models import (
+    ChangePurpose,
     Membership,
     MembershipEvent,
     MembershipEventKind,
@@ -37,7 +38,13 @@ from segments.models import (
     SegmentVersion,
 )
 from segments.query_language import parse, to_text
-from segments.selectors import dependency_order, evaluation_context, find_cycle, segment_exists_checker
+from segments.selectors import (
+    dependency_order,
+    evaluation_context,
+    find_cycle,
+    segment_exists_checker,
+    store_today,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,10 @@ CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
 STAGING_TABLE = "ecp_segment_staging"
 # Customers an incremental recompute is limited to (customers_segments_recompute).
 SCOPE_TABLE = "ecp_customer_scope"
+# The daily recompute (store_segments_refresh): customers whose digest changed, and whom each segment
+# evaluates (segments.changes).
+DIGESTS_TABLE = "ecp_recompute_digests"
+DIRTY_TABLE = "ecp_recompute_dirty"
 
 
 class SegmentBusy(Exception):
@@ -177,9 +188,11 @@ def _claim(segment: Segment) -> bool:
     return claimed == 1
 
 
-def segment_recompute(*, segment: Segment, as_of: dt.date | None = None) -> RecomputeResult:
+def segment_recompute(*, segment: Segment, as_of: dt.date | None = None, scope: str | None = None
+                      ) -> RecomputeResult:
     """Evaluate ``segment`` as of ``as_of`` (default: today in the store's zone) and store the diff.
 
+    ``scope``: SQL selecting the only customers to evaluate (the others keep their membership).
     Raises ``SegmentBusy`` when another worker holds it; records any error on the segment and
     re-raises it, leaving the previous membership untouched.
     """
@@ -190,10 +203,11 @@ def segment_recompute(*, segment: Segment, as_of: dt.date | None = None) -> Reco
     started = time.monotonic()
     try:
         with transaction.atomic():
-            context = evaluation_context(store=segment.store, as_of=as_of)
+            context = evaluation_context(store=segment.store, as_of=as_of,
+                                         scope=RawSQL(scope, []) if scope else None)
             tree = rules.check(segment.rule)
             members = rules.members_queryset(tree, context).values_list("id", flat=True)
-            joined, left, count = membership_apply(segment, members, context.as_of)
+            joined, left, count = membership_apply(segment, members, context.as_of, scope=scope)
     except Exception as exc:
         Segment.objects.filter(pk=segment.pk).update(
             status=SegmentStatus.FAILED, computing_started_at=None, last_error=str(exc)[:2000],
@@ -320,6 +334,47 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
     return StoreRecompute(results=results, failed=failed)
 
 
+def store_segments_refresh(*, store: Store) -> StoreRecompute:
+    """The daily recompute: the store's condition segments as of today, each evaluated only for the
+    customers whose verdicts may have moved since its last recompute (``segments.changes``).
+
+    Segments without a usable baseline (new ones, the first run, a changed catalogue), RFM groups
+    and the segments referring to them are evaluated for everyone; when that is all of them, this
+    is ``store_segments_recompute`` (side by side on several connections). The baseline it
+    captured first is kept for tomorrow. ``ECPOWER_SEGMENTS_INCREMENTAL=0`` evaluates everyone.
+    """
+    segments = Segment.objects.filter(store=store, kind=SegmentKind.CONDITION)
+    ordered, cyclic = dependency_order(segments)
+    taken = changes.capture(store, ChangePurpose.RECOMPUTE, DIGESTS_TABLE)
+    baseline, everyone = changes.baseline_compare(store, taken, {s.pk: s.baseline for s in ordered})
+    today = store_today(store)
+    everyone |= {s.pk for s in ordered if s.last_computed_for is None or s.last_computed_for > today
+                 or s.status != SegmentStatus.SUCCEEDED}
+    everyone |= changes.evaluated_for_everyone(store, ordered)
+    everyone |= changes.referring_to(ordered, everyone)
+    if not settings.SEGMENTS_INCREMENTAL or baseline is None or cyclic or all(s.pk in everyone for s in ordered):
+        done = store_segments_recompute(store=store)  # also reports segments caught in a cycle
+    else:
+        done = StoreRecompute(results=[], failed={})
+        with connection.cursor() as cursor:
+            buckets = changes.dirty_fill(
+                cursor, store, DIRTY_TABLE, ordered, everyone,
+                lambda segment: (segment.last_computed_for, today),
+                changes.changed_since_sql(store, taken, baseline))
+        for segment in ordered:
+            bucket = buckets.get(segment.pk)
+            scope = f"SELECT customer_id FROM {DIRTY_TABLE} WHERE bucket = {int(bucket)}" if bucket else None
+            outcome = _recompute_outcome(segment, None, scope=scope)
+            if isinstance(outcome, RecomputeResult):
+                done.results.append(outcome)
+            else:
+                done.failed[segment.slug] = outcome
+    with transaction.atomic(), connection.cursor() as cursor:
+        number = changes.baseline_keep(cursor, store, taken)
+        Segment.objects.filter(pk__in=[r.segment_id for r in done.results]).update(baseline=number)
+    return done
+
+
 def _waves(ordered: list[Segment]) -> list[list[Segment]]:
     """Segments grouped so each group only refers to segments of earlier groups."""
     level: dict[str, int] = {}
@@ -333,9 +388,10 @@ def _waves(ordered: list[Segment]) -> list[list[Segment]]:
     return waves
 
 
-def _recompute_outcome(segment: Segment, as_of: dt.date | None, *, close: bool = False) -> RecomputeResult | str:
+def _recompute_outcome(segment: Segment, as_of: dt.date | None, *, close: bool = False, scope: str | None = None
+                       ) -> RecomputeResult | str:
     try:
-        return segment_recompute(segment=segment, as_of=as_of)
+        return segment_recompute(segment=segment, as_of=as_of, scope=scope)
     except Exception as exc:  # recorded on the segment by segment_recompute; the others keep going
         return str(exc)
     finally:

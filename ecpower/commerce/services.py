@@ -224,17 +224,19 @@ def store_data_delete(*, store: Store) -> None:
     """
     from django.apps import apps
 
-    membership_event, membership, segment = (
-        apps.get_model("segments", name) for name in ("MembershipEvent", "Membership", "Segment")
+    membership_event, membership, segment, change_baseline, customer_digest = (
+        apps.get_model("segments", name)
+        for name in ("MembershipEvent", "Membership", "Segment", "ChangeBaseline", "CustomerDigest")
     )
     tag_operation, applied_tag = (apps.get_model("integrations", name) for name in ("TagOperation", "AppliedTag"))
     snapshot, snapshot_member, snapshot_cursor = (
         apps.get_model("metrics", name) for name in ("SegmentSnapshot", "SnapshotMember", "SnapshotCursor"))
     with transaction.atomic():
-        for model in (snapshot, snapshot_member, snapshot_cursor, membership_event, membership, tag_operation,
-                      applied_tag, CustomerTagEvent, LineItem, Order,
+        for model in (snapshot, snapshot_member, snapshot_cursor, membership_event, membership, change_baseline,
+                      customer_digest, tag_operation, applied_tag, CustomerTagEvent, LineItem, Order,
                       CustomerTag, Customer, ProductTag, ProductVariant, Product):
             model.objects.filter(store=store)._raw_delete(connection.alias)
         segment.objects.filter(store=store).update(
-            status="new", member_count=0, last_joined=0, last_left=0, holdout_count=0
+            status="new", member_count=0, last_joined=0, last_left=0, holdout_count=0, baseline=0,
+            last_computed_for=None,
         )

@@ -29,6 +29,8 @@ from ecpower.commerce.models import (
 from ecpower.commerce.services import customer_facts_refresh
 from metrics import snapshots
 from metrics.models import SegmentSnapshot, SnapshotMember
+from segments import services
+from segments.models import Membership
 from segments.services import segment_create
 from tests.factories import CustomerFactory, LineItemFactory, OrderFactory, ProductFactory, StoreFactory
 from tests.metrics.test_backfill import FIELDS
@@ -240,3 +242,51 @@ def test_every_customer_column_a_rule_reads_is_digested():
                       if f'"{table}"."{column}"' in sql}
     assert reads - {"id", "store_id"} <= set(rules.CUSTOMER_COLUMNS), reads - set(rules.CUSTOMER_COLUMNS)
     assert {"province_code", "email_marketing", "orders_count", "shopify_created_at"} <= reads
+
+
+def members(shop: Shop) -> dict:
+    """Each segment's stored members, customers named by their place in the twins' common life."""
+    found: dict[str, set[int]] = {}
+    for slug, customer in Membership.objects.filter(store=shop.store).values_list("segment__slug", "customer_id"):
+        found.setdefault(slug, set()).add(shop.number[customer])
+    return found
+
+
+@pytest.mark.django_db
+def test_the_daily_recompute_equals_recomputing_everyone(monkeypatch, settings):
+    """The same two weeks, with the daily recompute (as of each day's end) instead of snapshots."""
+    shops = {True: Shop(), False: Shop()}
+    for shop in shops.values():
+        for slug, query in QUERIES.items():
+            segment_create(store=shop.store, name=slug, slug=slug, query=query)
+    scoped = []  # (day, segments evaluated for some customers only) of the incremental store
+    recompute = services.segment_recompute
+
+    def spy(*, segment, as_of=None, scope=None):
+        if segment.store_id == shops[True].store.pk:
+            scoped.append((services.store_today(segment.store), scope is not None))
+        return recompute(segment=segment, as_of=as_of, scope=scope)
+
+    monkeypatch.setattr(services, "segment_recompute", spy)
+    moved = set()
+    for n in range(DAYS):
+        day = FIRST_DAY + dt.timedelta(days=n)
+        moves = {}
+        for incremental, shop in shops.items():
+            if n:
+                shop.day(n)
+            monkeypatch.setattr(timezone, "now", lambda day=day, zone=shop.store.zone: dt.datetime.combine(
+                day, dt.time(23), tzinfo=zone).astimezone(dt.UTC))
+            settings.SEGMENTS_INCREMENTAL = incremental
+            done = services.store_segments_refresh(store=shop.store)
+            assert not done.failed
+            moves[incremental] = {r.slug: (r.joined, r.left, r.members) for r in done.results}
+        assert moves[True] == moves[False], day
+        assert members(shops[True]) == members(shops[False]), day
+        moved |= {slug for slug, (joined, left, _count) in moves[True].items() if n and (joined or left)}
+
+    later = [narrow for day, narrow in scoped if day > FIRST_DAY]
+    # Every day after the first, all but the RFM segment and the one referring to it were evaluated
+    # for some customers only, but on the day after the catalogue changed.
+    assert later.count(True) == (DAYS - 2) * (len(QUERIES) - 2), later
+    assert len(moved) >= 20, sorted(set(QUERIES) - moved)  # the weeks moved nearly every segment

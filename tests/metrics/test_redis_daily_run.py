@@ -18,7 +18,7 @@ from ecpower.commerce.services import customer_facts_refresh
 from integrations.models import SyncJob, SyncJobKind
 from metrics.models import PipelineRun, SegmentSnapshot, SnapshotCursor, SnapshotMember
 from metrics.pipeline import pipeline_run
-from segments.models import Membership, MembershipEvent, Segment
+from segments.models import ChangeBaseline, CustomerDigest, Membership, MembershipEvent, Segment
 from segments.selectors import store_today
 from segments.services import segment_create
 from tests.factories import CustomerFactory, OrderFactory, StoreFactory
@@ -87,9 +87,9 @@ def test_fifty_stores_two_workers_each_store_once_same_results_as_one_worker(red
 
     # The same day with one worker, store after store, from the same starting point.
     for model in (PipelineRun, SyncJob, SegmentSnapshot, SnapshotCursor, SnapshotMember, Membership,
-                  MembershipEvent):
+                  MembershipEvent, ChangeBaseline, CustomerDigest):
         model.objects.all().delete()
-    Segment.objects.update(member_count=0)
+    Segment.objects.update(member_count=0, baseline=0, last_computed_for=None)
     for store in Store.objects.order_by("id"):
         run = PipelineRun.objects.create(store=store, date=store_today(store))
         assert pipeline_run(run.pk) == "succeeded"
