@@ -300,14 +300,6 @@ def _segments(store: Store, segments: Iterable[Segment] | None) -> list[Segment]
 
 
 # --- the walk ---------------------------------------------------------------------------------------
-#
-# Most customers' verdicts do not move from one day to the next. A day is evaluated for the
-# customers whose verdicts can move (``DIRTY``): who ordered, signed up or had a tag change in the
-# period, whose orders or sign-up sit on an edge a relative date crosses (``-90d`` moves by a day),
-# and, on a walk's first day, whose digested columns changed since the kept members were computed.
-# Everyone else keeps the day before's verdict. Rules that read the whole store (RFM quintiles),
-# lists, tag rules of a store without tag history, and segments that refer to those are evaluated
-# for everyone (docs/performance.md, "Snapshots").
 
 
 def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: dt.date | None, source: str,

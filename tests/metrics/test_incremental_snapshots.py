@@ -268,6 +268,7 @@ def test_the_daily_recompute_equals_recomputing_everyone(monkeypatch, settings):
         return recompute(segment=segment, as_of=as_of, scope=scope)
 
     monkeypatch.setattr(services, "segment_recompute", spy)
+    monkeypatch.setattr(services, "SCOPED_SHARE_MAX", 1.0)  # a small store: every day has a large share
     moved = set()
     for n in range(DAYS):
         day = FIRST_DAY + dt.timedelta(days=n)
@@ -290,3 +291,27 @@ def test_the_daily_recompute_equals_recomputing_everyone(monkeypatch, settings):
     # for some customers only, but on the day after the catalogue changed.
     assert later.count(True) == (DAYS - 2) * (len(QUERIES) - 2), later
     assert len(moved) >= 20, sorted(set(QUERIES) - moved)  # the weeks moved nearly every segment
+
+
+@pytest.mark.django_db
+def test_a_daily_recompute_touching_many_customers_recomputes_everyone(monkeypatch):
+    shop = Shop()
+    segment_create(store=shop.store, name="recent", slug="recent", query=QUERIES["recent"])
+    scopes = []
+    recompute = services.segment_recompute
+
+    def spy(*, segment, as_of=None, scope=None):
+        scopes.append(scope)
+        return recompute(segment=segment, as_of=as_of, scope=scope)
+
+    monkeypatch.setattr(services, "segment_recompute", spy)
+    for n, share in ((0, 1.0), (1, 1.0), (2, 0.0)):
+        day = FIRST_DAY + dt.timedelta(days=n)
+        if n:
+            shop.day(n)
+        monkeypatch.setattr(services, "SCOPED_SHARE_MAX", share)
+        monkeypatch.setattr(timezone, "now", lambda day=day: dt.datetime.combine(
+            day, dt.time(23), tzinfo=shop.store.zone).astimezone(dt.UTC))
+        services.store_segments_refresh(store=shop.store)
+    # First day: no baseline yet; second: a few customers; third: any share is too many.
+    assert [scope is not None for scope in scopes] == [False, True, False]
