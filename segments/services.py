@@ -154,6 +154,7 @@ def segment_update(
             SegmentVersion.objects.create(
                 segment=segment, number=number, rule=tree, query=segment.query, created_by=user
             )
+            segment.baseline = 0  # its members are the old rule's: the next daily run evaluates everyone
     segment.save()
     return segment
 

@@ -315,3 +315,17 @@ def test_a_daily_recompute_touching_many_customers_recomputes_everyone(monkeypat
         services.store_segments_refresh(store=shop.store)
     # First day: no baseline yet; second: a few customers; third: any share is too many.
     assert [scope is not None for scope in scopes] == [False, True, False]
+
+
+@pytest.mark.django_db
+def test_a_changed_rule_is_evaluated_for_everyone_by_the_next_daily_recompute(monkeypatch):
+    shop = Shop()
+    segment = segment_create(store=shop.store, name="recent", slug="recent", query=QUERIES["recent"])
+    monkeypatch.setattr(services, "SCOPED_SHARE_MAX", 1.0)
+    monkeypatch.setattr(timezone, "now", lambda: dt.datetime.combine(
+        FIRST_DAY, dt.time(23), tzinfo=shop.store.zone).astimezone(dt.UTC))
+    services.store_segments_refresh(store=shop.store)  # leaves a baseline
+    services.segment_update(segment=segment, query="number_of_orders >= 2")  # its recompute not run yet
+    services.store_segments_refresh(store=shop.store)
+    stored = set(Membership.objects.filter(segment=segment).values_list("customer_id", flat=True))
+    assert stored == set(Customer.objects.filter(store=shop.store, orders_count__gte=2).values_list("id", flat=True))
