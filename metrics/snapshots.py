@@ -65,8 +65,6 @@ DIRTY = "ecp_snapshot_dirty"  # (bucket, customer): whose verdicts may move on t
 DIGESTS = "ecp_snapshot_digests"  # customers whose digest changed since the kept one (NULL: deleted)
 STATS = "ecp_snapshot_stats"
 CENT = Decimal("0.01")
-# Kept members moved in one day above which their table is re-analysed.
-ANALYZE_AFTER = 50_000
 
 Progress = Callable[[str, int, int], None]
 
@@ -361,7 +359,8 @@ def _walk(store: Store, segments: list[Segment], days: list[dt.date], *, seed: d
                 result.snapshots += len(live)
                 if work != WORK:  # the kept members moved with the day
                     SnapshotCursor.objects.filter(segment__in=live).update(date=day)
-                    _analyze_if_moved(cursor, work, sum(r["joined"] + r["left"] for r in rows.values()))
+                    # Many moved (a first day): stale statistics would scan every kept member per segment.
+                    changes.analyze_if_many(cursor, work, sum(r["joined"] + r["left"] for r in rows.values()))
                 elif keep_members and index == total - 1:
                     _keep_members(cursor, store, live, day)
                 if keep_members and index == total - 1:
@@ -573,13 +572,6 @@ def _measure(cursor, store: Store, segments: list[Segment], day: dt.date, previo
     return rows
 
 
-def _analyze_if_moved(cursor, table: str, moved: int) -> None:
-    """Fresh planner statistics after many rows moved (a first day): stale ones pick plans that scan
-    every kept member for each segment's diff."""
-    if moved >= ANALYZE_AFTER and connection.vendor == "postgresql":
-        cursor.execute(f"ANALYZE {table}")
-
-
 def _keep_members(cursor, store: Store, segments: list[Segment], day: dt.date) -> None:
     """Make the kept members equal ``WORK``: only those who left or joined move (a day moves few)."""
     table = SnapshotMember._meta.db_table
@@ -590,7 +582,7 @@ def _keep_members(cursor, store: Store, segments: list[Segment], day: dt.date) -
         f"INSERT INTO {table} (store_id, segment_id, customer_id) SELECT %s, c.segment_id, c.customer_id "
         f"FROM {WORK} c WHERE c.segment_id IN ({_ids(segments)}) AND NOT EXISTS (SELECT 1 FROM {table} k "
         f"WHERE k.segment_id = c.segment_id AND k.customer_id = c.customer_id)", [store.pk])
-    _analyze_if_moved(cursor, table, cursor.rowcount)
+    changes.analyze_if_many(cursor, table, cursor.rowcount)
     versions = rule_versions(segments)
     for segment in segments:
         SnapshotCursor.objects.update_or_create(

@@ -40,7 +40,7 @@ from ecpower.commerce.models import Customer, CustomerTagEvent, Order, Product, 
 from segments import rules
 from segments.models import ChangeBaseline, CustomerDigest, Segment, SegmentKind
 
-# Digests written at once above which their table is re-analysed.
+# Rows written at once above which a table is re-analysed (analyze_if_many).
 ANALYZE_AFTER = 50_000
 # When more of the customers than this changed since the baseline (a whole-store rebuild of the facts),
 # everyone is evaluated: collecting who may have moved would cost more than it saves.
@@ -127,6 +127,12 @@ def baseline_compare(store: Store, taken: Capture, numbers: dict[int, int]) -> t
     return baseline, {pk for pk, number in numbers.items() if number != baseline.number}
 
 
+def analyze_if_many(cursor, table: str, rows: int) -> None:
+    """Fresh planner statistics after ``rows`` rows of ``table`` were written at once (PostgreSQL)."""
+    if rows >= ANALYZE_AFTER and connection.vendor == "postgresql":
+        cursor.execute(f"ANALYZE {table}")
+
+
 def baseline_keep(cursor, store: Store, taken: Capture) -> int:
     """Record ``taken`` as the store's baseline (digests and all); returns its number."""
     table = CustomerDigest._meta.db_table
@@ -137,9 +143,8 @@ def baseline_keep(cursor, store: Store, taken: Capture) -> int:
             SELECT %s, %s, customer_id, digest FROM {taken.digests} WHERE digest IS NOT NULL
             ON CONFLICT (store_id, purpose, customer_id) DO UPDATE SET digest = excluded.digest""",
         [store.pk, taken.purpose])
-    if cursor.rowcount >= ANALYZE_AFTER and connection.vendor == "postgresql":
-        # A first baseline: without statistics the next comparison plans a nested loop per customer.
-        cursor.execute(f"ANALYZE {table}")
+    # A first baseline: without statistics the next comparison plans a nested loop per customer.
+    analyze_if_many(cursor, table, cursor.rowcount)
     current = ChangeBaseline.objects.filter(store=store, purpose=taken.purpose).values_list(
         "number", flat=True).first() or 0
     ChangeBaseline.objects.update_or_create(store=store, purpose=taken.purpose, defaults={

@@ -352,9 +352,8 @@ def referenced_segments(tree: dict) -> set[str]:
     return {cond["value"] for _path, cond in iter_conditions(tree) if cond.get("field") == "in_segment"}
 
 
-DATE_FIELDS = ("first_order_date", "last_order_date", "customer_added_date")
 # The Customer columns conditions read (besides the store and the orders, lines and tags): a change to
-# any of them can change a verdict (metrics.snapshots digests them to find who changed).
+# any of them can change a verdict (segments.changes digests them to find who changed).
 CUSTOMER_COLUMNS = (
     "orders_count", "amount_spent", "average_order_value", "first_order_at", "last_order_at",
     "shopify_created_at", "country_code", "province_code", "city", "email_marketing", "sms_marketing",
@@ -368,7 +367,7 @@ def date_tests(tree: dict) -> Iterator[tuple[str, str, str]]:
     alike; each end of a BETWEEN is given with the op ``between``."""
     for _path, condition in iter_conditions(tree):
         tests = []
-        if condition["field"] in DATE_FIELDS:
+        if FIELDS[condition["field"]].kind == "date":
             tests.append((condition["op"], condition.get("value")))
         for name, param in (condition.get("params") or {}).items():
             if name == "date":

@@ -170,12 +170,13 @@ def recorded(store) -> dict:
             for row in SegmentSnapshot.objects.filter(store=store).select_related("segment")}
 
 
-def kept(shop: Shop) -> dict:
-    """The kept members of each segment, customers named by their place in the twins' common life."""
-    members: dict[str, set[int]] = {}
-    for slug, customer in SnapshotMember.objects.filter(store=shop.store).values_list("segment__slug", "customer_id"):
-        members.setdefault(slug, set()).add(shop.number[customer])
-    return members
+def named(shop: Shop, model) -> dict:
+    """Each segment's rows of ``model`` (kept snapshot members, memberships) as sets of customers named by
+    their place in the twins' common life."""
+    found: dict[str, set[int]] = {}
+    for slug, customer in model.objects.filter(store=shop.store).values_list("segment__slug", "customer_id"):
+        found.setdefault(slug, set()).add(shop.number[customer])
+    return found
 
 
 @pytest.mark.django_db
@@ -203,7 +204,7 @@ def test_incremental_days_equal_evaluating_every_customer(monkeypatch, settings)
             settings.SNAPSHOTS_INCREMENTAL = incremental
             result = snapshots.snapshots_update(store=shop.store, until=day)
             assert not result.failed
-        assert kept(shops[True]) == kept(shops[False]), day
+        assert named(shops[True], SnapshotMember) == named(shops[False], SnapshotMember), day
 
     ours, theirs = recorded(shops[True].store), recorded(shops[False].store)
     assert ours == theirs
@@ -218,11 +219,10 @@ def test_incremental_days_equal_evaluating_every_customer(monkeypatch, settings)
 
 def test_every_customer_column_a_rule_reads_is_digested():
     """A column a condition reads but the digest leaves out would let a late change go unseen."""
-    from ecpower.commerce.models import Customer as CustomerModel
     from segments import rules
 
     reads = set()
-    table = CustomerModel._meta.db_table
+    table = Customer._meta.db_table
     store = StoreFactory.build(pk=1, time_zone="Asia/Tokyo")
     for historical in (False, True):
         context = rules.EvaluationContext(
@@ -238,18 +238,10 @@ def test_every_customer_column_a_rule_reads_is_digested():
             if op in ("is_null", "is_not_null"):
                 tree.pop("value")
             sql = str(rules.members_queryset(rules.check(tree), context).values("id").query)
-            reads |= {column for column in (f.column for f in CustomerModel._meta.concrete_fields)
+            reads |= {column for column in (f.column for f in Customer._meta.concrete_fields)
                       if f'"{table}"."{column}"' in sql}
     assert reads - {"id", "store_id"} <= set(rules.CUSTOMER_COLUMNS), reads - set(rules.CUSTOMER_COLUMNS)
     assert {"province_code", "email_marketing", "orders_count", "shopify_created_at"} <= reads
-
-
-def members(shop: Shop) -> dict:
-    """Each segment's stored members, customers named by their place in the twins' common life."""
-    found: dict[str, set[int]] = {}
-    for slug, customer in Membership.objects.filter(store=shop.store).values_list("segment__slug", "customer_id"):
-        found.setdefault(slug, set()).add(shop.number[customer])
-    return found
 
 
 @pytest.mark.django_db
@@ -283,7 +275,7 @@ def test_the_daily_recompute_equals_recomputing_everyone(monkeypatch, settings):
             assert not done.failed
             moves[incremental] = {r.slug: (r.joined, r.left, r.members) for r in done.results}
         assert moves[True] == moves[False], day
-        assert members(shops[True]) == members(shops[False]), day
+        assert named(shops[True], Membership) == named(shops[False], Membership), day
         moved |= {slug for slug, (joined, left, _count) in moves[True].items() if n and (joined or left)}
 
     later = [narrow for day, narrow in scoped if day > FIRST_DAY]
