@@ -29,7 +29,7 @@ from ecpower.commerce.models import (
     Store,
     TagEventAction,
 )
-from ecpower.commerce.services import customer_facts_refresh, line_items_link_products
+from ecpower.commerce.services import customer_facts_refresh, line_copies_clear, line_items_link_products
 from ecpower.commerce.shopify_csv import (
     CustomerRecord,
     OrderRecord,
@@ -369,7 +369,9 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
     changed: list[Order] = []
     changed_fields: set[str] = set()
     matched: list[tuple[OrderRecord, Order]] = []
-    moved: list[int] = []  # orders now belonging to another customer, or to none
+    # Orders now belonging to another customer (or to none), or created at another time: their lines'
+    # copies of those fields are cleared, and the facts refresh copies them again.
+    recopy: list[int] = []
     for done, record in enumerate(records, 1):
         values = dict(record.fields)
         values["customer_id"] = customer_ids.get(record.name)
@@ -387,8 +389,8 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
                 changed_fields.update(fields)
                 if previous_customer:
                     touched_customers.add(previous_customer)
-                if previous_customer != order.customer_id:
-                    moved.append(order.pk)
+                if previous_customer != order.customer_id or "created_at" in fields:
+                    recopy.append(order.pk)
             matched.append((record, order))
         if values["customer_id"]:
             touched_customers.add(values["customer_id"])
@@ -397,10 +399,9 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
     Order.objects.bulk_create([o for _r, o in new], batch_size=BATCH)
     if changed:
         Order.objects.bulk_update(changed, sorted(changed_fields), batch_size=BATCH)
-    for chunk in _chunks(moved):
-        # The lines stop counting for the previous customer; the facts refresh of the new one (none
-        # for a guest order) gives them their copies again.
-        LineItem.objects.filter(order_id__in=chunk).update(customer=None, ordered_at=None, ordinal=None)
+    # The lines stop counting for the previous customer; the facts refresh of the new one (none for a
+    # guest order) gives them their copies again.
+    line_copies_clear(order_ids=recopy)
 
     have_items: dict[int, list[tuple]] = defaultdict(list)
     for chunk in _chunks([o.pk for _r, o in matched]):

@@ -415,6 +415,9 @@ class LineItem(models.Model):
             # the facts refresh copying order fields to their lines. A few products on a small store use
             # the product foreign key's own index; an order's lines, the order's.
             models.Index(fields=["customer"], name="line_item_customer"),
+            # A scoped facts refresh finds the lines of its customers' orders that have no copies yet (new
+            # lines; lines whose order changed customer or creation time) without reading the others.
+            models.Index(fields=["order"], condition=models.Q(ordered_at__isnull=True), name="line_item_uncopied"),
         ]
 
     def __str__(self) -> str:

@@ -83,6 +83,16 @@ def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None =
         _refresh_scope(store.pk, chunk)
 
 
+def line_copies_clear(*, order_ids: Sequence[int]) -> None:
+    """Clear the copies of their order's customer, time and ordinal on these orders' line items.
+
+    Every ingest path calls it for orders whose customer or creation time it changed: a scoped facts
+    refresh copies order fields only to lines without copies and to orders whose ordinal changed.
+    """
+    for chunk in _chunks(list(order_ids), FACTS_CHUNK_SIZE):
+        LineItem.objects.filter(order_id__in=chunk).update(customer=None, ordered_at=None, ordinal=None)
+
+
 def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
     """Returns how many orders got a new ordinal."""
     order = Order._meta.db_table
@@ -94,31 +104,40 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
     # Whole-store refreshes also clear ordinals left on guest orders (customer deleted or unlinked).
     guest_clause = " OR customer_id IS NULL" if ids is None else ""
 
+    # A scoped refresh learns which orders' ordinals changed (RETURNING) and copies order fields only to
+    # their lines and to lines without copies yet; a whole-store one compares every line.
+    scoped = ids is not None
     with connection.cursor() as cursor:
         # 1. Orders that do not count lose their ordinal.
         cursor.execute(
             f"""
             UPDATE {order} SET ordinal = NULL
             WHERE store_id = %s{order_scope} AND ordinal IS NOT NULL
-              AND (cancelled_at IS NOT NULL OR test = %s{guest_clause})
+              AND (cancelled_at IS NOT NULL OR test = %s{guest_clause}){" RETURNING id" if scoped else ""}
             """,
             [store_id, *order_params, True],
         )
+        recopy = [row[0] for row in cursor.fetchall()] if scoped else []
         # 2. Counted orders get their rank per customer.
         cursor.execute(
             f"""
             UPDATE {order} AS o SET ordinal = r.rn
             FROM (
-                SELECT id, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY created_at, id) AS rn
+                SELECT id AS ranked_id, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY created_at, id) AS rn
                 FROM {order}
                 WHERE store_id = %s{order_scope} AND customer_id IS NOT NULL
                   AND cancelled_at IS NULL AND test = %s
             ) AS r
-            WHERE o.id = r.id AND (o.ordinal IS NULL OR o.ordinal <> r.rn)
+            WHERE o.id = r.ranked_id AND (o.ordinal IS NULL OR o.ordinal <> r.rn){" RETURNING id" if scoped else ""}
             """,
             [store_id, *order_params, False],
         )
-        moved = cursor.rowcount
+        if scoped:
+            ranked = [row[0] for row in cursor.fetchall()]
+            moved = len(ranked)
+            recopy += ranked
+        else:
+            moved = cursor.rowcount
         # 3. Customers without counted orders are reset.
         cursor.execute(
             f"""
@@ -162,19 +181,25 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
             [store_id, *order_params],
         )
         # 5. Line items carry their order's customer, time and ordinal (products_purchased reads them).
-        # An order that moved to another customer is fixed by refreshing the new one; every ingest path
-        # refreshes both (scoping by the lines' own customer too cost a scan of every order per chunk).
-        cursor.execute(
-            f"""
+        copy = f"""
             UPDATE {line_item} AS li SET customer_id = o.customer_id, ordered_at = o.created_at, ordinal = o.ordinal
             FROM {order} AS o
-            WHERE li.order_id = o.id AND o.store_id = %s{line_scope}
+            WHERE li.order_id = o.id AND o.store_id = %s{{scope}}
               AND (li.customer_id IS DISTINCT FROM o.customer_id OR li.ordered_at IS DISTINCT FROM o.created_at
                    OR li.ordinal IS DISTINCT FROM o.ordinal)
-            """,
-            [store_id, *line_params],
-        )
-        if ids is not None:
+            """
+        if not scoped:
+            cursor.execute(copy.format(scope=""), [store_id])
+        else:
+            # Of the customers' orders, only those whose ordinal just changed, and lines without copies
+            # (new lines, and lines of an order whose customer or creation time an ingest changed:
+            # records_import clears their copies). Reading every line of every order of the customers
+            # to find the few that differ was most of a refresh (docs/performance.md).
+            for chunk in _chunks(recopy, FACTS_CHUNK_SIZE):
+                cursor.execute(copy.format(scope=f" AND li.order_id IN ({', '.join(['%s'] * len(chunk))})"),
+                               [store_id, *chunk])
+            cursor.execute(copy.format(scope=f" AND li.ordered_at IS NULL{line_scope}"), [store_id, *line_params])
+        if scoped:
             # 6. An ingest touched these customers: tomorrow's snapshots look at them again
             # (metrics.snapshots compares this column with the day before, with the facts).
             cursor.execute(

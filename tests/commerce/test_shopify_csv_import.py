@@ -280,3 +280,34 @@ def test_an_order_that_becomes_a_guest_order_stops_counting_for_its_old_customer
     assert Order.objects.get(store=store, name="#1001").customer is None
     assert set(LineItem.objects.filter(order__name="#1001").values_list("customer_id", "ordinal")) == {(None, None)}
     assert hanako not in rule_members(store=store, tree=bought_sencha)
+
+
+@pytest.mark.parametrize("change", ["customer", "time"])
+def test_lines_follow_a_reimported_order_to_its_new_customer_or_time(store, shopify_csv_dir, change):
+    """products_purchased reads the lines' copies of their order's customer, time and ordinal.
+
+    Moving an order by a minute or to a customer without orders keeps its ordinal (1), so the copies
+    follow only because the import clears them (a scoped facts refresh copies fields only to lines
+    without copies and to orders whose ordinal changed).
+    """
+    import dataclasses
+
+    from ecpower.commerce.csv_import import records_import
+    from ecpower.commerce.shopify_csv import parse_orders
+
+    _import_all(store, shopify_csv_dir)
+    records = parse_orders(_file(shopify_csv_dir, "orders_export.csv").data, file_name="orders_export.csv",
+                           zone=store.zone)
+    first = next(r for r in records if r.name == "#1001")
+    if change == "customer":
+        moved = dataclasses.replace(first, email="newcomer@example.jp", customer_fields={})
+    else:
+        moved = dataclasses.replace(
+            first, fields={**first.fields, "created_at": first.fields["created_at"] + dt.timedelta(minutes=1)})
+    records_import(store=store, orders=[moved])
+
+    order = Order.objects.get(store=store, name="#1001")
+    assert order.ordinal == 1
+    assert order.customer.email == ("newcomer@example.jp" if change == "customer" else "hanako@example.jp")
+    assert set(LineItem.objects.filter(order=order).values_list("customer_id", "ordered_at", "ordinal")) == {
+        (order.customer_id, order.created_at, 1)}

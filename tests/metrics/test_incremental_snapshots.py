@@ -26,7 +26,7 @@ from ecpower.commerce.models import (
     ProductTag,
     TagEventAction,
 )
-from ecpower.commerce.services import customer_facts_refresh
+from ecpower.commerce.services import customer_facts_refresh, line_copies_clear
 from metrics import snapshots
 from metrics.models import SegmentSnapshot, SnapshotMember
 from segments import services
@@ -151,6 +151,7 @@ class Shop:
         elif late == 0 and n:  # an old order moves to another customer
             other = rng.choice(self.customers)
             Order.objects.filter(pk=victim.pk).update(customer=other)
+            line_copies_clear(order_ids=[victim.pk])  # as every ingest path does
             touched |= {victim.customer_id, other.pk}
         customer_facts_refresh(store=self.store, customer_ids=touched - {None})
 
