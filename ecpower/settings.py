@@ -191,6 +191,11 @@ SEGMENT_RECOMPUTE_THREADS = env_int("ECPOWER_RECOMPUTE_THREADS", 2)
 # customer, every day (slower, the same results; docs/segments.md, docs/metrics.md).
 SEGMENTS_INCREMENTAL = env_bool("ECPOWER_SEGMENTS_INCREMENTAL", True)
 SNAPSHOTS_INCREMENTAL = env_bool("ECPOWER_SNAPSHOTS_INCREMENTAL", True)
+# The segment builder's live count first estimates a rule over orders or line items from a sample of
+# about PREVIEW_ESTIMATE_SAMPLE customers when the store has more than PREVIEW_ESTIMATE_ABOVE, then
+# shows the exact count (docs/segments.md).
+PREVIEW_ESTIMATE_ABOVE = env_int("ECPOWER_PREVIEW_ESTIMATE_ABOVE", 200_000)
+PREVIEW_ESTIMATE_SAMPLE = env_int("ECPOWER_PREVIEW_ESTIMATE_SAMPLE", 10_000)
 # Largest CSV file accepted from an upload (bytes).
 CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_CSV_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
 # Largest CSV file accepted to make a list segment (bytes).

@@ -396,7 +396,8 @@ class ConditionSegmentAdmin(SegmentAdminBase):
                 tree = rule_from_input(store=store, rule=json.loads(request.POST["rule"]), slug=slug)
             else:
                 tree = rule_from_input(store=store, query=request.POST.get("query", ""), slug=slug)
-            preview = segment_preview(store=store, tree=tree, sample_size=10)
+            # A large store's count over orders is estimated first; the page then asks for the exact one.
+            preview = segment_preview(store=store, tree=tree, sample_size=10, estimate=request.POST.get("exact") != "1")
         except rules.InvalidRule as exc:
             return JsonResponse({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
         except json.JSONDecodeError as exc:
@@ -404,6 +405,9 @@ class ConditionSegmentAdmin(SegmentAdminBase):
         return JsonResponse({
             "ok": True,
             "count": preview.count,
+            "estimated": preview.estimated,
+            "margin": preview.margin,
+            "sampled": preview.sampled,
             "as_of": preview.as_of.isoformat(),
             "query": preview.query,
             "tree": preview.tree,

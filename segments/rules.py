@@ -384,6 +384,11 @@ def store_wide(tree: dict) -> bool:
     return any(c["field"] == "rfm_group" and c.get("value") != "PROSPECTS" for _path, c in iter_conditions(tree))
 
 
+def reads_orders(tree: dict) -> bool:
+    """Whether the rule aggregates orders or line items (the expensive conditions on a large store)."""
+    return any(FIELDS[c["field"]].kind == "function" for _path, c in iter_conditions(tree))
+
+
 def reads_tags(tree: dict) -> bool:
     return any(c["field"] == "customer_tags" or c["field"] in MAPPED_ATTRIBUTES for _path, c in iter_conditions(tree))
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Min, Q, QuerySet
+from django.conf import settings
+from django.db.models import Max, Min, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Customer, CustomerTagEvent, Product, ProductTag, Store
+from ecpower.commerce.services import customer_scope
 from segments import rules
 from segments.models import Membership, MembershipEvent, Segment, SegmentKind
 from segments.query_language import to_text
@@ -85,18 +89,71 @@ class Preview:
     query: str
     tree: dict
     as_of: dt.date
+    # An estimate from every ``step``-th customer (``sampled`` of them): ``count`` ± ``margin`` (95 %).
+    estimated: bool = False
+    margin: int = 0
+    sampled: int = 0
+
+
+# Customer ids in the temporary table an estimate evaluates (one per connection, emptied each time).
+ESTIMATE_SCOPE_TABLE = "ecp_preview_sample"
 
 
 def segment_preview(
-    *, store: Store, tree: dict, as_of: dt.date | None = None, sample_size: int = PREVIEW_SAMPLE_SIZE
+    *, store: Store, tree: dict, as_of: dt.date | None = None, sample_size: int = PREVIEW_SAMPLE_SIZE,
+    estimate: bool = False,
 ) -> Preview:
-    """Member count and a sample for an unsaved rule (``InvalidRule`` when it is not valid)."""
+    """Member count and a sample for an unsaved rule (``InvalidRule`` when it is not valid).
+
+    With ``estimate``, a rule that aggregates orders or line items on a store of more than
+    ``settings.PREVIEW_ESTIMATE_ABOVE`` customers is evaluated for a systematic sample of about
+    ``settings.PREVIEW_ESTIMATE_SAMPLE`` of them and the count scaled up, so the segment builder
+    answers in about a second at a million customers; it then asks for the exact count.
+    """
     tree = rules.check(tree, segment_exists=segment_exists_checker(store))
+    if estimate and rules.reads_orders(tree):
+        preview = _preview_estimate(store, tree, as_of, sample_size)
+        if preview is not None:
+            return preview
     context = evaluation_context(store=store, as_of=as_of)
     members = rules.members_queryset(tree, context)
     count = members.count()
     sample = list(members.order_by("-last_order_at", "-id")[:sample_size]) if sample_size else []
     return Preview(count=count, sample=sample, query=to_text(tree), tree=tree, as_of=context.as_of)
+
+
+def _preview_estimate(store: Store, tree: dict, as_of: dt.date | None, sample_size: int) -> Preview | None:
+    """The rule evaluated for a random sample of the store's customer ids and scaled; None on a small store.
+
+    Candidate ids are drawn from the store's id range (two probes of the (store, -id) index) and
+    looked up by primary key, so neither the customers nor their count are read (counting alone took
+    0.25 s at a million). The draw is seeded by store and day, so a query typed twice gets the same
+    estimate. A random draw, not every k-th id: generated stores showed structure by id that made
+    systematic samples err twice as much as the margin says (docs/segments.md).
+    """
+    bounds = Customer.objects.filter(store=store).aggregate(low=Min("id"), high=Max("id"))
+    if bounds["low"] is None:
+        return None
+    span = bounds["high"] - bounds["low"] + 1
+    if span <= settings.PREVIEW_ESTIMATE_ABOVE:
+        return None
+    draw = random.Random(f"{store.pk}:{store_today(store)}")
+    candidates = draw.sample(range(bounds["low"], bounds["high"] + 1), min(span, settings.PREVIEW_ESTIMATE_SAMPLE))
+    ids = list(Customer.objects.filter(store=store, pk__in=candidates).values_list("pk", flat=True))
+    scale = span / len(candidates)
+    total = len(ids) * scale  # the store's customers, estimated from the same draw
+    if total <= settings.PREVIEW_ESTIMATE_ABOVE:  # ids of other stores in between: not that large
+        return None
+    context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(customer_scope(ids, ESTIMATE_SCOPE_TABLE), []))
+    hits = list(rules.members_queryset(tree, context).order_by("-last_order_at", "-id").values_list("pk", flat=True))
+    share = len(hits) / len(ids)
+    # 95 % margin: normal approximation with the finite-population correction; a sample without hits
+    # (or of only hits) still gets the margin of one customer in the sample.
+    spread = max(share * (1 - share), 1 / len(ids)) / len(ids) * max(0.0, 1 - len(ids) / total)
+    shown = Customer.objects.in_bulk(hits[:sample_size]) if sample_size else {}
+    return Preview(count=round(len(hits) * scale), sample=[shown[pk] for pk in hits[:sample_size]],
+                   query=to_text(tree), tree=tree, as_of=context.as_of, estimated=True,
+                   margin=round(1.96 * total * math.sqrt(spread)), sampled=len(ids))
 
 
 @dataclass

@@ -62,3 +62,51 @@ def test_builder_shows_live_count_and_errors_then_saves_and_computes(browser_pag
     assert "number_of_orders >= 2" in page.locator(".segment-history").inner_text()
     page.screenshot(path=str(SCREENSHOTS / "segment_detail.png"), full_page=True)
 
+
+
+def test_builder_shows_an_estimate_on_a_large_store_then_the_exact_count(
+        browser_page, live_server, django_user_model, settings):
+    """A rule over orders on a store "larger" than the threshold: ≈ count ± margin first, then the count."""
+    import datetime as dt
+
+    from ecpower.commerce.services import customer_facts_refresh
+
+    settings.PREVIEW_ESTIMATE_ABOVE = 10
+    settings.PREVIEW_ESTIMATE_SAMPLE = 12
+    store = StoreFactory(name="大きな茶舗", shopify_domain="big-tea.myshopify.com")
+    noon = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    for n in range(48):
+        customer = CustomerFactory(store=store)
+        if n % 4 == 0:
+            OrderFactory.create_batch(2, store=store, customer=customer, created_at=noon)
+    customer_facts_refresh(store=store)
+    django_user_model.objects.create_superuser("hanako", "hanako@example.jp", "pw-for-tests")
+    page = browser_page
+    admin_login(page, live_server, "hanako", "pw-for-tests")
+
+    held = []  # the request for the exact count waits until the estimate has been looked at
+
+    def hold_exact(route, request):
+        if "exact=1" in (request.post_data or "") or 'name="exact"' in (request.post_data or ""):
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(re.compile(r".*/conditionsegment/preview/$"), hold_exact)
+    page.goto(f"{live_server.url}/admin/segments/conditionsegment/add/")
+    page.select_option("#id_store", str(store.pk))
+    page.fill("#id_query", "orders_placed MATCHES (date > -30d, count >= 2)")
+    page.wait_for_function("document.querySelector('#segment-preview-count[data-estimated] strong') !== null")
+    estimate = page.locator("#segment-preview-count").inner_text()
+    assert re.match(r"≈ \d+ ± \d+", estimate), estimate
+    assert re.search(r"12 (人の標本|customers)", estimate), estimate  # the sample's size is named
+    page.screenshot(path=str(SCREENSHOTS / "segment_builder_estimate.png"), full_page=True)
+
+    for _ in range(100):  # the page asked for the exact count right after showing the estimate
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    held[0].continue_()
+    page.wait_for_function("document.querySelector('#segment-preview-count:not([data-estimated]) strong') !== null")
+    assert page.locator("#segment-preview-count strong").inner_text() == "12"

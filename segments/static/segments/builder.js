@@ -36,8 +36,17 @@
     panel.classList.remove("is-invalid");
     problems.hidden = true;
     const strong = document.createElement("strong");
-    strong.textContent = data.count.toLocaleString();
-    count.replaceChildren(strong, ` ${panel.dataset.membersLabel} (${panel.dataset.asOfLabel} ${data.as_of})`);
+    if (data.estimated) {
+      // A large store's count over orders: an estimate from a sample now, the exact count next.
+      strong.textContent = `≈ ${data.count.toLocaleString()} ± ${data.margin.toLocaleString()}`;
+      const note = panel.dataset.estimatedLabel.replace("{n}", data.sampled.toLocaleString());
+      count.replaceChildren(strong, ` ${panel.dataset.membersLabel} (${note})`);
+      count.dataset.estimated = "true";
+    } else {
+      strong.textContent = data.count.toLocaleString();
+      count.replaceChildren(strong, ` ${panel.dataset.membersLabel} (${panel.dataset.asOfLabel} ${data.as_of})`);
+      delete count.dataset.estimated;
+    }
     tree.textContent = JSON.stringify(data.tree, null, 2);
     const body = sample.querySelector("tbody");
     body.replaceChildren();
@@ -53,23 +62,25 @@
     sample.hidden = data.sample.length === 0;
   }
 
-  async function run() {
+  async function run(exact) {
     const mine = ++sequence;
     if (!query.value.trim()) return;
-    count.textContent = panel.dataset.checkingLabel;
+    if (!exact) count.textContent = panel.dataset.checkingLabel;
     const body = new FormData();
     body.append("query", query.value);
     body.append("store", storeId() || "");
     body.append("slug", slug() || "");
+    if (exact) body.append("exact", "1");
     const response = await fetch(panel.dataset.url, {
       method: "POST", body, headers: { "X-CSRFToken": csrf ? csrf.value : "" }, credentials: "same-origin",
     });
     const data = await response.json();
     if (mine !== sequence) return; // a newer request is on its way
     if (data.ok) showResult(data); else showProblems(data.problems);
+    if (data.ok && data.estimated) run(true);
   }
 
-  function schedule() { clearTimeout(timer); timer = setTimeout(run, 300); }
+  function schedule() { clearTimeout(timer); timer = setTimeout(() => run(false), 300); }
   query.addEventListener("input", schedule);
   if (storeSelect) storeSelect.addEventListener("change", schedule);
 
@@ -84,8 +95,8 @@
       if (name && !name.value) name.value = option.dataset.name;
       if (slugInput && !slugInput.value) slugInput.value = option.dataset.slug;
       if (description && !description.value) description.value = option.dataset.description;
-      run();
+      run(false);
     });
   }
-  if (query.value.trim()) run();
+  if (query.value.trim()) run(false);
 })();
