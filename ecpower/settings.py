@@ -226,6 +226,9 @@ PUBLIC_URL = env_str("ECPOWER_PUBLIC_URL", default="http://127.0.0.1:8000")
 # --- Daily run (docs/metrics.md) ------------------------------------------------------------------
 # Seconds a daily run may go without progress before the dispatcher marks it failed and reports it.
 PIPELINE_TIMEOUT = env_int("ECPOWER_PIPELINE_TIMEOUT", 1800)
+# On PostgreSQL the recompute and the snapshots of a run go side by side on two connections; off: one
+# after the other.
+PIPELINE_SIDE_BY_SIDE = env_bool("ECPOWER_PIPELINE_SIDE_BY_SIDE", True)
 
 # --- REST API (docs/api.md) -----------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -13,6 +13,7 @@ from integrations.models import SyncJob, SyncJobKind, SyncJobStatus
 from metrics.models import PipelineRun, PipelineStatus, SegmentSnapshot, SnapshotCursor
 from metrics.pipeline import daily_dispatch, pipeline_run, runs_reap
 from metrics.snapshots import history_rebuild
+from segments.models import Segment
 from segments.services import segment_create
 from tests.factories import CustomerFactory, OrderFactory, StoreFactory
 
@@ -184,3 +185,56 @@ def test_a_connected_store_imports_and_pushes_each_tagged_segment(connected_stor
     tagged = {c["email"] for c in emulator.shop.customers.values() if "ecp-line" in c["tags"]}
     assert tagged == {"p1@example.jp", "p3@example.jp", "p5@example.jp", "late@example.jp"}
     assert not mail.outbox  # the run's steps are not mailed one by one
+
+
+def _backend() -> int:
+    """This connection's server process on PostgreSQL; the thread on SQLite."""
+    import threading
+
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return threading.get_ident()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_side_by_side_runs_at_once_on_two_postgresql_connections(settings):
+    import threading
+
+    from django.db import connection
+
+    from metrics.pipeline import side_by_side
+
+    if connection.vendor != "postgresql":
+        pytest.skip("side by side only on PostgreSQL; SQLite runs the steps one after another")
+    meeting = threading.Barrier(2, timeout=10)  # each call waits for the other: only at once can both pass
+
+    def call():
+        meeting.wait()
+        return _backend()
+
+    first, second = side_by_side(call, call)
+    assert len({first, second, _backend()}) == 3
+    settings.PIPELINE_SIDE_BY_SIDE = False
+    assert side_by_side(_backend, _backend) == [_backend(), _backend()]
+
+
+def test_inside_a_transaction_side_by_side_runs_one_after_another():
+    from metrics.pipeline import side_by_side
+
+    # Other connections could not see this transaction's rows: the calls share it.
+    assert side_by_side(_backend, _backend) == [_backend(), _backend()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_with_its_recompute_and_snapshots_side_by_side_records_both(frozen):
+    store = small_store(time_zone="Asia/Tokyo", daily_run_hour=0)
+    daily_dispatch()
+    run = PipelineRun.objects.get(store=store)
+    assert run.status == PipelineStatus.SUCCEEDED
+    assert (run.summary["recompute"]["status"], run.summary["snapshots"]["status"]) == ("succeeded", "succeeded")
+    assert Segment.objects.get(store=store).member_count == 1
+    assert SegmentSnapshot.objects.get(segment__store=store, date=dt.date(2025, 7, 10)).members == 1
