@@ -496,16 +496,28 @@ def _changes_record(cursor, store: Store, segment_id: int, key: int | None, *, w
 
 
 def _fill_stats(cursor, store: Store, day: dt.date) -> None:
-    """Every buyer's counted orders as of the end of ``day``: read by the day's rules and its KPIs."""
-    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min, tzinfo=store.zone)
+    """Every buyer's counted orders as of the end of ``day``: read by the day's rules and its KPIs.
+
+    A customer whose last counted order is before the end of the day has, as of then, exactly the
+    aggregates of their customer facts (the same counted orders, read in their current state), so
+    those are copied; only the others, who ordered since (few, for a recent day), are aggregated
+    from their orders. At a million customers aggregating every order took 10 s.
+    """
+    end = connection.ops.adapt_datetimefield_value(
+        dt.datetime.combine(day + dt.timedelta(days=1), dt.time.min, tzinfo=store.zone))
+    customer = Customer._meta.db_table
     cursor.execute(f"DELETE FROM {STATS}")
     cursor.execute(
         f"""INSERT INTO {STATS} (customer_id, n, spent, first_at, last_at)
+            SELECT id, orders_count, amount_spent, first_order_at, last_order_at FROM {customer}
+            WHERE store_id = %s AND orders_count > 0 AND last_order_at < %s
+            UNION ALL
             SELECT o.customer_id, COUNT(*), SUM(o.total - o.refunded_amount), MIN(o.created_at), MAX(o.created_at)
             FROM {Order._meta.db_table} o
-            WHERE o.store_id = %s AND o.customer_id IS NOT NULL AND o.ordinal IS NOT NULL AND o.created_at < %s
+            WHERE o.store_id = %s AND o.ordinal IS NOT NULL AND o.created_at < %s AND o.customer_id IN (
+                SELECT id FROM {customer} WHERE store_id = %s AND last_order_at >= %s)
             GROUP BY o.customer_id""",
-        [store.pk, connection.ops.adapt_datetimefield_value(end)],
+        [store.pk, end, store.pk, end, store.pk, end],
     )
     if connection.vendor == "postgresql":
         cursor.execute(f"ANALYZE {STATS}")
