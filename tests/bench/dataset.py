@@ -46,6 +46,7 @@ ORDER_COLUMNS = [
 LINE_COLUMNS = ["id", "store_id", "order_id", "product_id", "sku", "title", "vendor", "product_type", "quantity",
                 "unit_price", "discount", "position"]
 TAG_COLUMNS = ["id", "store_id", "customer_id", "name"]
+TAG_EVENT_COLUMNS = ["id", "store_id", "customer_id", "name", "action", "occurred_at", "source"]
 CUSTOMER_TAGS = ["LINE連携", "subscription", "wholesale"]
 
 
@@ -207,12 +208,19 @@ def generate(*, directory: Path, store_id: int, customers: int, seed: int, until
             JOIN names m ON m.kind = 'marketing' AND m.i = c.sms_state
             ORDER BY c.id""")
         con.register("t", {"customer_id": customer_ids[tag_customer], "store_id": customer_store[tag_customer],
-                           "kind": tag_kind})
+                           "kind": tag_kind, "added": added[tag_customer]})
         con.execute("CREATE TABLE tag_names (i INTEGER, name VARCHAR)")
         con.executemany("INSERT INTO tag_names VALUES (?, ?)", list(enumerate(CUSTOMER_TAGS)))
         write("customer_tags", "commerce_customertag", TAG_COLUMNS, f"""
             SELECT {first_ids['customer_tag']} + row_number() OVER (ORDER BY t.customer_id, t.kind) - 1, t.store_id,
                    t.customer_id, n.name
+            FROM t JOIN tag_names n ON n.i = t.kind ORDER BY 1""")
+        # The tag history an import starts (one "added" per tag), as if the store had been imported when its
+        # first customer signed up and each tag recorded since: the daily runs then look at the customers
+        # whose tags moved, not at everyone.
+        write("customer_tag_events", "commerce_customertagevent", TAG_EVENT_COLUMNS, f"""
+            SELECT {first_ids['customer_tag_event']} + row_number() OVER (ORDER BY t.customer_id, t.kind) - 1,
+                   t.store_id, t.customer_id, n.name, 'added', {_stamp('t.added')}, 'import'
             FROM t JOIN tag_names n ON n.i = t.kind ORDER BY 1""")
 
     write("orders", "commerce_order", ORDER_COLUMNS, f"""
@@ -247,7 +255,8 @@ def first_free_ids() -> dict[str, int]:
     firsts = {}
     with connection.cursor() as cursor:
         for key, table in (("customer", "commerce_customer"), ("order", "commerce_order"),
-                           ("line_item", "commerce_lineitem"), ("customer_tag", "commerce_customertag")):
+                           ("line_item", "commerce_lineitem"), ("customer_tag", "commerce_customertag"),
+                           ("customer_tag_event", "commerce_customertagevent")):
             cursor.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table}")
             firsts[key] = cursor.fetchone()[0]
     return firsts
@@ -283,7 +292,7 @@ def load(dataset: Dataset, *, block: int = 1 << 20) -> None:
     from django.db import connection, transaction
 
     from ecpower.commerce.bulk import sync_id_sequence
-    from ecpower.commerce.models import Customer, CustomerTag, LineItem, Order
+    from ecpower.commerce.models import Customer, CustomerTag, CustomerTagEvent, LineItem, Order
 
     with transaction.atomic(), connection.cursor() as cursor:
         for table, path, columns in dataset.files:
@@ -309,11 +318,12 @@ def load(dataset: Dataset, *, block: int = 1 << 20) -> None:
                     elif column in stamps:
                         row[index] = row[index].removesuffix("+00")  # Django keeps naive UTC text in SQLite
             cursor.executemany(f"INSERT INTO {table} ({column_list}) VALUES ({marks})", rows)
-        for model in (Customer, CustomerTag, Order, LineItem):
+        for model in (Customer, CustomerTag, CustomerTagEvent, Order, LineItem):
             sync_id_sequence(model)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            for table in ("commerce_customer", "commerce_customertag", "commerce_order", "commerce_lineitem"):
+            for table in ("commerce_customer", "commerce_customertag", "commerce_customertagevent", "commerce_order",
+                          "commerce_lineitem"):
                 cursor.execute(f"ANALYZE {table}")
 
 
