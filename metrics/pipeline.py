@@ -138,6 +138,10 @@ def pipeline_run(run_id: int) -> str:
     return status
 
 
+def side_by_side_possible() -> bool:
+    return settings.PIPELINE_SIDE_BY_SIDE and connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
 def side_by_side(*calls: Callable[[], T]) -> list[T]:
     """Run ``calls`` at once, each on its own thread and database connection, and return their results.
 
@@ -145,8 +149,7 @@ def side_by_side(*calls: Callable[[], T]) -> list[T]:
     ``PIPELINE_SIDE_BY_SIDE``; otherwise one after another. A daily run's recompute and snapshots
     each keep one core busy, so side by side they take about as long as the longer of the two.
     """
-    if (len(calls) < 2 or not settings.PIPELINE_SIDE_BY_SIDE or connection.vendor != "postgresql"
-            or connection.in_atomic_block):
+    if len(calls) < 2 or not side_by_side_possible():
         return [call() for call in calls]
 
     def closing(call: Callable[[], T]) -> T:
@@ -229,9 +232,12 @@ def step_import(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
 
 
 def step_recompute(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
-    from segments.services import store_segments_refresh
+    from segments.services import SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS, store_segments_refresh
 
-    done = store_segments_refresh(store=run.store)
+    # Beside the snapshots (side by side) one connection evaluating the changed customers beats two
+    # evaluating everyone up to a larger share of the store.
+    done = store_segments_refresh(
+        store=run.store, scoped_share_max=SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS if side_by_side_possible() else None)
     summary = {
         "segments": len(done.results),
         "changed": {r.slug: [r.joined, r.left] for r in done.results if r.joined or r.left},

@@ -89,7 +89,7 @@ class Preview:
     query: str
     tree: dict
     as_of: dt.date
-    # An estimate from every ``step``-th customer (``sampled`` of them): ``count`` ± ``margin`` (95 %).
+    # An estimate from a random draw of ``sampled`` customers: ``count`` ± ``margin`` (95 %).
     estimated: bool = False
     margin: int = 0
     sampled: int = 0
@@ -106,7 +106,7 @@ def segment_preview(
     """Member count and a sample for an unsaved rule (``InvalidRule`` when it is not valid).
 
     With ``estimate``, a rule that aggregates orders or line items on a store of more than
-    ``settings.PREVIEW_ESTIMATE_ABOVE`` customers is evaluated for a systematic sample of about
+    ``settings.PREVIEW_ESTIMATE_ABOVE`` customers is evaluated for a random draw of about
     ``settings.PREVIEW_ESTIMATE_SAMPLE`` of them and the count scaled up, so the segment builder
     answers in about a second at a million customers; it then asks for the exact count.
     """
@@ -129,7 +129,7 @@ def _preview_estimate(store: Store, tree: dict, as_of: dt.date | None, sample_si
     looked up by primary key, so neither the customers nor their count are read (counting alone took
     0.25 s at a million). The draw is seeded by store and day, so a query typed twice gets the same
     estimate. A random draw, not every k-th id: generated stores showed structure by id that made
-    systematic samples err twice as much as the margin says (docs/segments.md).
+    systematic samples err twice as much as the margin says (docs/performance.md).
     """
     bounds = Customer.objects.filter(store=store).aggregate(low=Min("id"), high=Max("id"))
     if bounds["low"] is None:

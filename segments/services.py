@@ -61,6 +61,10 @@ DIRTY_TABLE = "ecp_recompute_dirty"
 # everyone instead, side by side on several connections: at 1,000,000 customers, evaluating 5–8 % of
 # them segment after segment took 44.9 s, everyone on two connections 37.1 s (docs/performance.md).
 SCOPED_SHARE_MAX = 0.04
+# The same limit when the daily run's snapshots take the other core meanwhile (metrics.pipeline): one
+# connection evaluating scoped leaves it to them. At 1,000,000 customers with 5.1 % changed, next to
+# the snapshots: scoped 31.7 s (snapshots 52.0 s), everyone on two connections 59.2 s (snapshots 74.2 s).
+SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS = 0.10
 
 
 class SegmentBusy(Exception):
@@ -339,16 +343,18 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
     return StoreRecompute(results=results, failed=failed)
 
 
-def store_segments_refresh(*, store: Store) -> StoreRecompute:
+def store_segments_refresh(*, store: Store, scoped_share_max: float | None = None) -> StoreRecompute:
     """The daily recompute: the store's condition segments as of today, each evaluated only for the
     customers whose verdicts may have moved since its last recompute (``segments.changes``).
 
     Segments without a usable baseline (new ones, the first run, a changed catalogue), RFM groups
     and the segments referring to them are evaluated for everyone; when that is all of them, or
     when the others would evaluate more than ``SCOPED_SHARE_MAX`` of the customers on average, this
-    is ``store_segments_recompute`` (side by side on several connections). The baseline it
-    captured first is kept for tomorrow. ``ECPOWER_SEGMENTS_INCREMENTAL=0`` evaluates everyone.
+    is ``store_segments_recompute`` (side by side on several connections); ``scoped_share_max``
+    replaces that limit. The baseline it captured first is kept for tomorrow.
+    ``ECPOWER_SEGMENTS_INCREMENTAL=0`` evaluates everyone.
     """
+    share_max = SCOPED_SHARE_MAX if scoped_share_max is None else scoped_share_max
     segments = Segment.objects.filter(store=store, kind=SegmentKind.CONDITION)
     ordered, cyclic = dependency_order(segments)
     taken = changes.capture(store, ChangePurpose.RECOMPUTE, DIGESTS_TABLE)
@@ -360,13 +366,13 @@ def store_segments_refresh(*, store: Store) -> StoreRecompute:
     everyone |= changes.referring_to(ordered, everyone)
     buckets: dict[int, int] = {}
     if (settings.SEGMENTS_INCREMENTAL and baseline is not None and not cyclic
-            and taken.changed_share <= SCOPED_SHARE_MAX):
+            and taken.changed_share <= share_max):
         with connection.cursor() as cursor:
             buckets = changes.dirty_fill(
                 cursor, store, DIRTY_TABLE, ordered, everyone,
                 lambda segment: (segment.last_computed_for, today),
                 changes.changed_since_sql(store, taken, baseline))
-            if changes.dirty_share(cursor, DIRTY_TABLE, buckets, taken.customers) > SCOPED_SHARE_MAX:
+            if changes.dirty_share(cursor, DIRTY_TABLE, buckets, taken.customers) > share_max:
                 buckets = {}
     if not buckets:
         done = store_segments_recompute(store=store)  # also reports segments caught in a cycle

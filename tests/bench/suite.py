@@ -149,7 +149,7 @@ def store_build(store, *, customers: int, seed: int, directory: Path, report: Re
     _, facts = timed(customer_facts_refresh, store=store)
     if report is not None:
         report.orders, report.line_items = data.orders, data.line_items
-        rows = data.customers + data.orders + data.line_items + data.customer_tags
+        rows = data.customers + data.orders + data.line_items + 2 * data.customer_tags  # tags and their events
         print(f"  generated {data.customers:,} customers, {data.orders:,} orders, {data.line_items:,} line items "
               f"in {generated:.1f} s", flush=True)
         report.add(Figure("1. bulk load (COPY)", loaded, note=f"{rows:,} rows, {rows / loaded:,.0f} rows/s"))
@@ -396,11 +396,11 @@ def daily_pipeline(store, report: Report, *, diff_seconds: float) -> float:
     recompute is checked against a full one."""
     from ecpower.commerce.models import Order
     from ecpower.commerce.services import customer_facts_refresh
-    from metrics.pipeline import side_by_side
+    from metrics.pipeline import side_by_side, side_by_side_possible
     from metrics.snapshots import snapshots_update
     from segments.models import Segment
     from segments.selectors import store_today
-    from segments.services import store_segments_recompute, store_segments_refresh
+    from segments.services import SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS, store_segments_recompute, store_segments_refresh
 
     yesterday = store_today(store) - dt.timedelta(days=1)
     # Yesterday's daily run (untimed): it leaves the baseline today's run compares with.
@@ -416,7 +416,9 @@ def daily_pipeline(store, report: Report, *, diff_seconds: float) -> float:
         value, timings[name] = timed(function, **kwargs)
         return value
 
-    (done, snapshots), both = timed(side_by_side, lambda: step("segments", store_segments_refresh, store=store),
+    beside = SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS if side_by_side_possible() else None  # as the daily run's step
+    (done, snapshots), both = timed(side_by_side, lambda: step("segments", store_segments_refresh, store=store,
+                                                               scoped_share_max=beside),
                                     lambda: step("snapshots", snapshots_update, store=store, until=yesterday))
     full = store_segments_recompute(store=store)
     moved = {r.slug: (r.joined, r.left) for r in full.results if r.joined or r.left}

@@ -308,6 +308,13 @@ def test_a_daily_recompute_touching_many_customers_recomputes_everyone(monkeypat
         services.store_segments_refresh(store=shop.store)
     # First day: no baseline yet; second: a few customers; third: any share is too many.
     assert [scope is not None for scope in scopes] == [False, True, False]
+    # The daily run's step gives its own limit (beside the snapshots): with room, the same day is scoped.
+    scopes.clear()
+    shop.day(3)
+    monkeypatch.setattr(timezone, "now", lambda: dt.datetime.combine(
+        FIRST_DAY + dt.timedelta(days=3), dt.time(23), tzinfo=shop.store.zone).astimezone(dt.UTC))
+    services.store_segments_refresh(store=shop.store, scoped_share_max=1.0)
+    assert [scope is not None for scope in scopes] == [True]
 
 
 @pytest.mark.django_db
