@@ -77,8 +77,9 @@ def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None =
                     cursor.execute(f"ANALYZE {model._meta.db_table}")
             # Every line was rewritten: until a vacuum marks their pages all-visible again, reading them
             # through the covering index visits each line's row anyway. VACUUM cannot run in a
-            # transaction, so it runs once this one commits.
-            transaction.on_commit(_line_items_vacuum)
+            # transaction, so it runs once this one commits; if it fails, autovacuum gets there later and
+            # the import that called this has committed all the same (robust: logged, not raised).
+            transaction.on_commit(_line_items_vacuum, robust=True)
         return
     ids = sorted(set(customer_ids))
     # Chunks of literal ids, not one pass over a temporary table of them: the planner sees exactly which
