@@ -231,13 +231,18 @@ def step_import(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
     return SyncJobStatus.SUCCEEDED, result.as_dict()
 
 
-def step_recompute(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
+def daily_recompute(store: Store):
+    """The recompute step's work: ``store_segments_refresh``, with the limit for running beside the
+    snapshots when it does (one connection evaluating the changed customers then beats two evaluating
+    everyone up to a larger share of the store)."""
     from segments.services import SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS, store_segments_refresh
 
-    # Beside the snapshots (side by side) one connection evaluating the changed customers beats two
-    # evaluating everyone up to a larger share of the store.
-    done = store_segments_refresh(
-        store=run.store, scoped_share_max=SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS if side_by_side_possible() else None)
+    return store_segments_refresh(
+        store=store, scoped_share_max=SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS if side_by_side_possible() else None)
+
+
+def step_recompute(run: PipelineRun, job: SyncJob, progress) -> tuple[str, dict]:
+    done = daily_recompute(run.store)
     summary = {
         "segments": len(done.results),
         "changed": {r.slug: [r.joined, r.left] for r in done.results if r.joined or r.left},

@@ -209,7 +209,6 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
                 cursor.execute(copy.format(scope=f" AND li.order_id IN ({', '.join(['%s'] * len(chunk))})"),
                                [store_id, *chunk])
             cursor.execute(copy.format(scope=f" AND li.ordered_at IS NULL{line_scope}"), [store_id, *line_params])
-        if scoped:
             # 6. An ingest touched these customers: tomorrow's snapshots look at them again
             # (metrics.snapshots compares this column with the day before, with the facts).
             cursor.execute(

@@ -396,11 +396,11 @@ def daily_pipeline(store, report: Report, *, diff_seconds: float) -> float:
     recompute is checked against a full one."""
     from ecpower.commerce.models import Order
     from ecpower.commerce.services import customer_facts_refresh
-    from metrics.pipeline import side_by_side, side_by_side_possible
+    from metrics.pipeline import daily_recompute, side_by_side
     from metrics.snapshots import snapshots_update
     from segments.models import Segment
     from segments.selectors import store_today
-    from segments.services import SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS, store_segments_recompute, store_segments_refresh
+    from segments.services import store_segments_recompute, store_segments_refresh
 
     yesterday = store_today(store) - dt.timedelta(days=1)
     # Yesterday's daily run (untimed): it leaves the baseline today's run compares with.
@@ -416,9 +416,7 @@ def daily_pipeline(store, report: Report, *, diff_seconds: float) -> float:
         value, timings[name] = timed(function, **kwargs)
         return value
 
-    beside = SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS if side_by_side_possible() else None  # as the daily run's step
-    (done, snapshots), both = timed(side_by_side, lambda: step("segments", store_segments_refresh, store=store,
-                                                               scoped_share_max=beside),
+    (done, snapshots), both = timed(side_by_side, lambda: step("segments", daily_recompute, store=store),
                                     lambda: step("snapshots", snapshots_update, store=store, until=yesterday))
     full = store_segments_recompute(store=store)
     moved = {r.slug: (r.joined, r.left) for r in full.results if r.joined or r.left}
