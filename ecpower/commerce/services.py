@@ -75,11 +75,13 @@ def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None =
             with connection.cursor() as cursor:
                 for model in (Order, Customer, LineItem):
                     cursor.execute(f"ANALYZE {model._meta.db_table}")
-            # Every line was rewritten: until a vacuum marks their pages all-visible again, reading them
-            # through the covering index visits each line's row anyway. VACUUM cannot run in a
-            # transaction, so it runs once this one commits; if it fails, autovacuum gets there later and
-            # the import that called this has committed all the same (robust: logged, not raised).
-            transaction.on_commit(_line_items_vacuum, robust=True)
+            # Every order, customer and line was rewritten: until a vacuum removes the old row versions
+            # and marks the pages all-visible, every scan reads twice the rows and the covering line
+            # index visits each line's row anyway (at 1M customers the first recompute of the 20
+            # reference segments took 127 s before and 80 s after; docs/performance.md). VACUUM cannot
+            # run in a transaction, so it runs once this one commits; if it fails, autovacuum gets there
+            # later and the import that called this has committed all the same (robust: logged).
+            transaction.on_commit(_rewritten_tables_vacuum, robust=True)
         return
     ids = sorted(set(customer_ids))
     # Chunks of literal ids, not one pass over a temporary table of them: the planner sees exactly which
@@ -98,9 +100,10 @@ def line_copies_clear(*, order_ids: Sequence[int]) -> None:
         LineItem.objects.filter(order_id__in=chunk).update(customer=None, ordered_at=None, ordinal=None)
 
 
-def _line_items_vacuum() -> None:
+def _rewritten_tables_vacuum() -> None:
     with connection.cursor() as cursor:
-        cursor.execute(f"VACUUM {LineItem._meta.db_table}")
+        for model in (Order, Customer, LineItem):
+            cursor.execute(f"VACUUM {model._meta.db_table}")
 
 
 def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:

@@ -3,6 +3,7 @@
 import datetime as dt
 from decimal import ROUND_HALF_UP, Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase
@@ -137,3 +138,28 @@ def test_refresh_of_a_subset_runs_a_fixed_number_of_statements(db, django_assert
         customer_facts_refresh(store=store, customer_ids=[c.pk for c in customers])
     assert set(Customer.objects.filter(store=store).values_list("orders_count", flat=True)) == {3}
     assert not Customer.objects.filter(store=store, facts_refreshed_at__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_whole_store_build_that_rewrote_many_rows_leaves_them_vacuumed(monkeypatch):
+    """After a first import's facts build every order, customer and line row has a dead old version; the
+    build vacuums the three tables once it commits, so scans read no dead rows and the covering line index
+    is read alone (PostgreSQL only: SQLite has no row versions)."""
+    from django.db import connection
+
+    from ecpower.commerce import services
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row versions and visibility are PostgreSQL's")
+    monkeypatch.setattr(services, "ANALYZE_AFTER", 10)
+    store = StoreFactory()
+    for customer in CustomerFactory.create_batch(20, store=store):
+        for order in OrderFactory.create_batch(2, customer=customer, store=store):
+            LineItemFactory(order=order, store=store)
+    customer_facts_refresh(store=store)  # outside any transaction: its on-commit vacuum runs here
+    tables = [model._meta.db_table for model in (Order, Customer, LineItem)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relname, relpages, relallvisible FROM pg_class WHERE relname = ANY(%s)", [tables])
+        pages = {name: (total, visible) for name, total, visible in cursor.fetchall()}
+    assert all(total > 0 and visible == total for total, visible in pages.values()), pages
+    assert Customer.objects.filter(store=store, orders_count=2).count() == 20
