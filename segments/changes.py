@@ -36,6 +36,7 @@ from django.db import connection
 from django.db.models import Max, Min
 from django.utils import timezone
 
+from ecpower.commerce.bulk import temp_table_empty
 from ecpower.commerce.models import Customer, CustomerTagEvent, Order, Product, ProductTag, Store
 from segments import rules
 from segments.models import ChangeBaseline, CustomerDigest, Segment, SegmentKind
@@ -80,7 +81,7 @@ def capture(store: Store, purpose: str, table: str) -> Capture:
     customers = Customer._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (customer_id bigint PRIMARY KEY, digest text)")
-        cursor.execute(f"DELETE FROM {table}")
+        temp_table_empty(cursor, table)
         cursor.execute(
             f"""INSERT INTO {table} (customer_id, digest)
                 SELECT now.id, now.digest FROM (SELECT c.id, {digest_sql()} AS digest FROM {customers} c
@@ -195,7 +196,7 @@ def dirty_fill(cursor, store: Store, table: str, segments: list[Segment], everyo
 
     cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} "
                    "(bucket integer, customer_id bigint, PRIMARY KEY (bucket, customer_id))")
-    cursor.execute(f"DELETE FROM {table}")
+    temp_table_empty(cursor, table)
     changed_sql, changed_params = changed
     spans: dict[str, tuple[frozenset, frozenset]] = {}
     buckets: dict[tuple[frozenset, frozenset], int] = {}

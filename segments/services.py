@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
+from ecpower.commerce.bulk import temp_table_empty
 from ecpower.commerce.models import Store
 from ecpower.commerce.services import customer_scope
 from segments import changes, rules
@@ -251,7 +252,7 @@ def membership_apply(
         scope_params = list(scope)
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (customer_id bigint PRIMARY KEY)")
-        cursor.execute(f"DELETE FROM {STAGING_TABLE}")
+        temp_table_empty(cursor, STAGING_TABLE)
         if isinstance(members, QuerySet):
             try:
                 members_sql, members_params = members.query.sql_with_params()

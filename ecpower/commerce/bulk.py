@@ -69,3 +69,13 @@ def bulk_insert(model: type[models.Model], columns: Sequence[str], rows: Iterabl
             batch = []
     model.objects.bulk_create(batch)
     return count + len(batch)
+
+
+def temp_table_empty(cursor, table: str) -> None:
+    """Empty one of this connection's temporary work tables.
+
+    ``TRUNCATE`` on PostgreSQL: it swaps in an empty file instead of marking every row deleted, and
+    a table nobody else can see needs no row-by-row visibility (at 1M customers, emptying the
+    snapshot step's evaluated members 20 times took 1.5 s with ``DELETE``). ``DELETE`` on SQLite.
+    """
+    cursor.execute(f"{'TRUNCATE' if connection.vendor == 'postgresql' else 'DELETE FROM'} {table}")

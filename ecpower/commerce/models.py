@@ -413,10 +413,12 @@ class LineItem(models.Model):
         indexes = [
             # products_purchased, for a few customers (webhooks, incremental and daily runs) or all of them
             # in customer order: covering on PostgreSQL, so the lines are read from the index alone and the
-            # wide line rows are not visited (docs/performance.md). A few products on a small store use the
-            # product foreign key's own index; an order's lines, the order's.
+            # wide line rows are not visited (docs/performance.md), also for conditions on a line's SKU,
+            # type or vendor text. A few products on a small store use the product foreign key's own
+            # index; an order's lines, the order's.
             models.Index(fields=["customer"], name="line_item_customer_cover",
-                         include=["store", "ordinal", "ordered_at", "product", "order", "quantity"]),
+                         include=["store", "ordinal", "ordered_at", "product", "order", "quantity", "sku",
+                                  "product_type", "vendor"]),
             # A scoped facts refresh finds the lines of its customers' orders that have no copies yet (new
             # lines; lines whose order changed customer or creation time) without reading the others.
             models.Index(fields=["order"], condition=models.Q(ordered_at__isnull=True), name="line_item_uncopied"),

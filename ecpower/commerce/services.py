@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from django.db import connection, transaction
 from django.utils import timezone
 
+from ecpower.commerce.bulk import temp_table_empty
 from ecpower.commerce.models import (
     Customer,
     CustomerTag,
@@ -49,7 +50,7 @@ def customer_scope(ids: Sequence[int], table: str = "ecp_customer_scope") -> str
     """
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (customer_id bigint PRIMARY KEY)")
-        cursor.execute(f"DELETE FROM {table}")
+        temp_table_empty(cursor, table)
         for chunk in _chunks(ids, FACTS_CHUNK_SIZE):
             cursor.execute(f"INSERT INTO {table} (customer_id) VALUES {', '.join(['(%s)'] * len(chunk))}",
                            list(chunk))

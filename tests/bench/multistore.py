@@ -117,7 +117,7 @@ def run(*, stores: int, customers: int, big: int, seed: int, directory: Path) ->
     from django.conf import settings
 
     from metrics.models import PipelineRun, PipelineStatus
-    from tests.bench.suite import Figure
+    from tests.bench.suite import Figure, autovacuum_stand_in
 
     if "redis" not in settings.Q_CLUSTER:
         raise SystemExit("The multi-store run needs the Redis broker: set REDIS_URL (make bench does).")
@@ -129,6 +129,7 @@ def run(*, stores: int, customers: int, big: int, seed: int, directory: Path) ->
     figures, seconds = [], {}
     for workers in (1, 2):
         state_reset(made)
+        autovacuum_stand_in()
         seconds[workers] = daily_runs(made, workers)
         statuses = set(PipelineRun.objects.filter(store__in=made).values_list("status", flat=True))
         if PipelineStatus.FAILED in statuses:
