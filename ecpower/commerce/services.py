@@ -28,8 +28,10 @@ from ecpower.commerce.models import (
 
 # Customer ids per statement when a subset of a store is refreshed (bounded SQL parameters).
 FACTS_CHUNK_SIZE = 2000
-# Orders whose ordinal changed in one whole-store refresh above which the tables are re-analysed.
+# Orders whose ordinal changed in one whole-store refresh above which the tables are re-analysed and vacuumed.
 ANALYZE_AFTER = 50_000
+# What a whole-store refresh rewrites: every order (ordinal), customer (facts) and line (copies).
+WHOLE_STORE_REWRITES = (Order, Customer, LineItem)
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
@@ -74,7 +76,7 @@ def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None =
             # planner believes the old ones (e.g. "no order has an ordinal") and picks nested loops
             # that take minutes at a million orders (docs/performance.md).
             with connection.cursor() as cursor:
-                for model in (Order, Customer, LineItem):
+                for model in WHOLE_STORE_REWRITES:
                     cursor.execute(f"ANALYZE {model._meta.db_table}")
             # Every order, customer and line was rewritten: until a vacuum removes the old row versions
             # and marks the pages all-visible, every scan reads twice the rows and the covering line
@@ -103,7 +105,7 @@ def line_copies_clear(*, order_ids: Sequence[int]) -> None:
 
 def _rewritten_tables_vacuum() -> None:
     with connection.cursor() as cursor:
-        for model in (Order, Customer, LineItem):
+        for model in WHOLE_STORE_REWRITES:
             cursor.execute(f"VACUUM {model._meta.db_table}")
 
 

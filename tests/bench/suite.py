@@ -103,9 +103,9 @@ def machine() -> dict:
             "database": connection.vendor}
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            for setting in ("server_version", "shared_buffers", "autovacuum"):
-                cursor.execute(f"SHOW {setting}")
-                info["postgresql" if setting == "server_version" else setting] = cursor.fetchone()[0]
+            cursor.execute("SELECT current_setting('server_version'), current_setting('shared_buffers'), "
+                           "current_setting('autovacuum')")
+            info["postgresql"], info["shared_buffers"], info["autovacuum"] = cursor.fetchone()
     try:
         import duckdb
         info["duckdb"] = duckdb.__version__
