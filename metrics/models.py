@@ -83,7 +83,7 @@ class SnapshotMember(models.Model):
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
                               **UNCHECKED)
     segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="+", verbose_name=_("segment"),
-                                db_index=False)  # indexed by snapshot_member_unique
+                                **UNCHECKED)  # indexed by snapshot_member_unique
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", verbose_name=_("customer"),
                                  **UNCHECKED)
 

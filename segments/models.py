@@ -162,11 +162,12 @@ class SegmentVersion(models.Model):
 
 
 # Membership and its events are the largest tables (members × segments) and are written in bulk on
-# every recompute. They keep only the indexes a named query uses (Meta below), and their store and
-# customer references are not checked by the database: each checked reference costs a deferred
-# trigger per inserted row, a third of a first recompute at 100k customers (docs/performance.md).
-# Django still cascades deletes of customers and stores to them, and store_data_delete removes
-# them before the customers.
+# every recompute. They keep only the indexes a named query uses (Meta below), and none of their
+# references is checked by the database: each checked reference costs a deferred trigger per inserted
+# row, run when the transaction commits (the store and customer checks were a third of a first
+# recompute at 100k customers; the segment check, the last one, half of writing the 6.3 M memberships
+# and join events of a first recompute at 1M, docs/performance.md). Django still cascades deletes of
+# segments, customers and stores to them, and store_data_delete removes them before the customers.
 UNCHECKED = {"db_constraint": False, "db_index": False}
 
 
@@ -174,7 +175,7 @@ class Membership(models.Model):
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
                               **UNCHECKED)
     segment = models.ForeignKey(  # indexed by membership_unique
-        Segment, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("segment"), db_index=False
+        Segment, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("segment"), **UNCHECKED
     )
     customer = models.ForeignKey(  # indexed by membership_customer
         Customer, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("customer"), **UNCHECKED
@@ -258,7 +259,7 @@ class MembershipEvent(models.Model):
                               **UNCHECKED)
     segment = models.ForeignKey(  # indexed by membership_event_segment_date
         Segment, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("segment"),
-        db_index=False,
+        **UNCHECKED,
     )
     customer = models.ForeignKey(  # indexed by membership_event_customer_date
         Customer, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("customer"),

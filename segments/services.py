@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,9 @@ CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
 STAGING_TABLE = "ecp_segment_staging"
 # Customers an incremental recompute is limited to (customers_segments_recompute).
 SCOPE_TABLE = "ecp_customer_scope"
+# From this many customers on, an incremental recompute runs segments side by side on several
+# connections: each loads the scope once (docs/performance.md, "Incremental").
+SCOPED_SIDE_BY_SIDE_MIN = 1000
 # The daily recompute (store_segments_refresh): customers whose digest changed, and whom each segment
 # evaluates (segments.changes).
 DIGESTS_TABLE = "ecp_recompute_digests"
@@ -422,25 +426,64 @@ def customers_segments_recompute(
 ) -> dict[str, tuple[int, int]]:
     """Recompute every condition segment for these customers only (after orders or a webhook).
 
-    The ids go to a temporary table once; each segment's rule is evaluated with that scope pushed
-    into every subquery (rules.EvaluationContext.scope), so the cost follows the customers touched,
-    not the store. Returns {slug: (joined, left)} for segments that changed; counts are refreshed.
+    The ids go to a temporary table once per connection; each segment's rule is evaluated with that
+    scope pushed into every subquery (rules.EvaluationContext.scope), so the cost follows the
+    customers touched, not the store. Returns {slug: (joined, left)} for segments that changed;
+    counts are refreshed. From ``SCOPED_SIDE_BY_SIDE_MIN`` customers on, on PostgreSQL outside a
+    transaction, segments that do not refer to each other run side by side on
+    ``SEGMENT_RECOMPUTE_THREADS`` connections, each segment in its own transaction (the first error
+    is raised once the others are done; a second call repeats nothing that already holds).
     """
     ids = sorted(set(customer_ids))
     if not ids:
         return {}
     ordered, _cyclic = dependency_order(Segment.objects.filter(store=store, kind=SegmentKind.CONDITION))
-    changes: dict[str, tuple[int, int]] = {}
-    with transaction.atomic():
+    as_of = as_of or store_today(store)  # one day for every segment, whichever connection evaluates it
+    changed: dict[str, tuple[int, int]] = {}
+    threads = settings.SEGMENT_RECOMPUTE_THREADS
+    if (threads < 2 or len(ids) < SCOPED_SIDE_BY_SIDE_MIN or connection.vendor != "postgresql"
+            or connection.in_atomic_block):
+        with transaction.atomic():
+            scope = customer_scope(ids, SCOPE_TABLE)
+            for segment in ordered:
+                _scoped_apply(segment, store, scope, as_of, changed)
+        return changed
+    for wave in _waves(ordered):
+        pending: queue.SimpleQueue[Segment] = queue.SimpleQueue()
+        for segment in wave:
+            pending.put(segment)
+        workers = min(threads, len(wave))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(_scoped_drain, pending, store, ids, as_of, changed) for _ in range(workers)]
+            for future in futures:
+                future.result()  # raises the first error, after every thread has finished
+    return changed
+
+
+def _scoped_drain(pending: queue.SimpleQueue[Segment], store: Store, ids: Sequence[int], as_of: dt.date,
+                  changed: dict[str, tuple[int, int]]) -> None:
+    """On this thread's own connection: load the scope once, then apply segments until none are left."""
+    try:
         scope = customer_scope(ids, SCOPE_TABLE)
-        context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(scope, []))
-        for segment in ordered:
-            members = rules.members_queryset(segment.rule, context).values_list("id", flat=True)
-            joined, left, count = membership_apply(segment, members, context.as_of, scope=scope)
-            if joined or left:
-                changes[segment.slug] = (joined, left)
-                Segment.objects.filter(pk=segment.pk).update(member_count=count)
-    return changes
+        while True:
+            try:
+                segment = pending.get_nowait()
+            except queue.Empty:
+                return
+            with transaction.atomic():
+                _scoped_apply(segment, store, scope, as_of, changed)
+    finally:
+        connection.close()
+
+
+def _scoped_apply(segment: Segment, store: Store, scope: str, as_of: dt.date | None,
+                  changed: dict[str, tuple[int, int]]) -> None:
+    context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(scope, []))
+    members = rules.members_queryset(segment.rule, context).values_list("id", flat=True)
+    joined, left, count = membership_apply(segment, members, context.as_of, scope=scope)
+    if joined or left:
+        changed[segment.slug] = (joined, left)
+        Segment.objects.filter(pk=segment.pk).update(member_count=count)
 
 
 def templates_add(*, store: Store, slugs: Iterable[str] | None = None, user=None) -> list[Segment]:

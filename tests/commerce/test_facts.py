@@ -141,7 +141,7 @@ def test_refresh_of_a_subset_runs_a_fixed_number_of_statements(db, django_assert
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_whole_store_build_that_rewrote_many_rows_leaves_them_vacuumed(monkeypatch):
+def test_a_whole_store_build_that_rewrote_many_rows_leaves_them_vacuumed_and_the_cover_rebuilt(monkeypatch):
     """After a first import's facts build every order, customer and line row has a dead old version; the
     build vacuums the three tables once it commits, so scans read no dead rows and the covering line index
     is read alone (PostgreSQL only: SQLite has no row versions)."""
@@ -152,14 +152,50 @@ def test_a_whole_store_build_that_rewrote_many_rows_leaves_them_vacuumed(monkeyp
     if connection.vendor != "postgresql":
         pytest.skip("row versions and visibility are PostgreSQL's")
     monkeypatch.setattr(services, "ANALYZE_AFTER", 10)
-    store = StoreFactory()
-    for customer in CustomerFactory.create_batch(20, store=store):
-        for order in OrderFactory.create_batch(2, customer=customer, store=store):
-            LineItemFactory(order=order, store=store)
+    store = _store_of_20_customers_with_2_orders()
+    cover_before = _cover_file()
     customer_facts_refresh(store=store)  # outside any transaction: its on-commit vacuum runs here
     tables = [model._meta.db_table for model in (Order, Customer, LineItem)]
     with connection.cursor() as cursor:
         cursor.execute("SELECT relname, relpages, relallvisible FROM pg_class WHERE relname = ANY(%s)", [tables])
         pages = {name: (total, visible) for name, total, visible in cursor.fetchall()}
+    cover_after = _cover_file()
     assert all(total > 0 and visible == total for total, visible in pages.values()), pages
+    # The store is all of the table: the covering index, which kept every line's old entry, was rebuilt.
+    assert cover_after != cover_before
     assert Customer.objects.filter(store=store, orders_count=2).count() == 20
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_store_that_is_a_small_share_of_the_tables_leaves_the_cover_alone(monkeypatch):
+    """Rebuilding an index costs the whole table: a store whose rows are a small share of it (here: the
+    rule's share set above what any store can reach) only vacuums."""
+    from django.db import connection
+
+    from ecpower.commerce import services
+
+    if connection.vendor != "postgresql":
+        pytest.skip("indexes are rebuilt on PostgreSQL only")
+    monkeypatch.setattr(services, "ANALYZE_AFTER", 10)
+    monkeypatch.setattr(services, "REBUILD_SHARE", 1.5)
+    store = _store_of_20_customers_with_2_orders()
+    before = _cover_file()
+    customer_facts_refresh(store=store)
+    assert _cover_file() == before
+
+
+def _store_of_20_customers_with_2_orders():
+    store = StoreFactory()
+    for customer in CustomerFactory.create_batch(20, store=store):
+        for order in OrderFactory.create_batch(2, customer=customer, store=store):
+            LineItemFactory(order=order, store=store)
+    return store
+
+
+def _cover_file() -> int:
+    """The covering line index's file: a rebuild gives it a new one."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relfilenode FROM pg_class WHERE relname = 'line_item_customer_cover'")
+        return cursor.fetchone()[0]

@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from ecpower.commerce.models import Order
@@ -210,3 +211,48 @@ def test_deleting_a_stores_data_empties_its_segments(store):
     assert (segment.status, segment.member_count) == (SegmentStatus.NEW, 0)
     assert not Membership.objects.filter(segment=segment).exists()
     assert not MembershipEvent.objects.filter(segment=segment).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_many_customers_recompute_side_by_side_and_equal_a_full_recompute(settings, monkeypatch):
+    import segments.services
+
+    monkeypatch.setattr(segments.services, "SCOPED_SIDE_BY_SIDE_MIN", 2)  # side by side on PostgreSQL
+    store = StoreFactory(shopify_domain="many.myshopify.com")
+    people = [CustomerFactory(store=store) for _ in range(6)]
+    queries = {"buyers": "number_of_orders >= 1", "repeaters": "number_of_orders >= 2",
+               "big": "amount_spent >= 3000", "quiet": "number_of_orders = 0",
+               # In a later wave: evaluated once "buyers" holds the new members.
+               "buyers-not-big": "in_segment('buyers') AND NOT in_segment('big')"}
+    segments = {slug: segment_create(store=store, name=slug, slug=slug, query=q) for slug, q in queries.items()}
+    store_segments_recompute(store=store)
+    buy(people[0]), buy(people[1]), buy(people[1]), buy(people[2], total=5000)
+    touched = [p.pk for p in people[:4]]
+
+    changes = customers_segments_recompute(store=store, customer_ids=touched)
+
+    assert members(segments["buyers-not-big"]) == {people[0].pk, people[1].pk}
+    assert changes == {"buyers": (3, 0), "repeaters": (1, 0), "big": (1, 0), "quiet": (0, 3),
+                       "buyers-not-big": (2, 0)}
+    full = store_segments_recompute(store=store)
+    assert not full.failed and not [r.slug for r in full.results if r.joined or r.left]
+    assert {slug: Segment.objects.get(pk=s.pk).member_count for slug, s in segments.items()} == {
+        "buyers": 3, "repeaters": 1, "big": 1, "quiet": 3, "buyers-not-big": 2}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_segment_side_by_side_raises_and_the_others_still_apply(monkeypatch):
+    import segments.services
+
+    monkeypatch.setattr(segments.services, "SCOPED_SIDE_BY_SIDE_MIN", 1)
+    store = StoreFactory(shopify_domain="fails.myshopify.com")
+    a = CustomerFactory(store=store)
+    buyers = segment_create(store=store, name="buyers", slug="buyers", query="number_of_orders >= 1")
+    broken = segment_create(store=store, name="broken", slug="broken", query="number_of_orders >= 2")
+    Segment.objects.filter(pk=broken.pk).update(rule={"field": "no_such_field", "op": ">=", "value": 1})
+    buy(a)
+
+    with pytest.raises(ValueError, match="no_such_field"):
+        customers_segments_recompute(store=store, customer_ids=[a.pk])
+    # Side by side each segment is its own transaction; one after another (SQLite) they share one.
+    assert members(buyers) == ({a.pk} if connection.vendor == "postgresql" else set())
