@@ -190,7 +190,8 @@ else:
 Q_CLUSTER["sync"] = env_bool("Q_SYNC", False)
 
 # --- ecpower ------------------------------------------------------------------------------------
-# Connections one recompute of a store's segments uses side by side on PostgreSQL (docs/performance.md).
+# Connections a recompute uses side by side on PostgreSQL: a store's segments, or many customers'
+# (customers_segments_recompute) (docs/performance.md).
 SEGMENT_RECOMPUTE_THREADS = env_int("ECPOWER_RECOMPUTE_THREADS", 2)
 # The daily recompute and snapshots evaluate only the customers whose verdicts can move; off: every
 # customer, every day (slower, the same results; docs/segments.md, docs/metrics.md).
