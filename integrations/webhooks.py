@@ -304,6 +304,8 @@ def _customer_redact(store: Store, payload: dict) -> tuple[str, str]:
 
 def customer_data_export(store: Store, customer: Customer | None, order_ids: list[int]) -> dict:
     """Everything we hold about one customer, as JSON-ready data."""
+    from segments.selectors import customer_memberships
+
     orders = Order.objects.filter(store=store, shopify_id__in=order_ids)
     data: dict = {"store": store.shopify_domain, "generated_at": timezone.now().isoformat(), "customer": None}
     if customer is not None:
@@ -315,7 +317,7 @@ def customer_data_export(store: Store, customer: Customer | None, order_ids: lis
         data["tag_history"] = [
             {"tag": e.name, "action": e.action, "at": e.occurred_at.isoformat(), "source": e.source}
             for e in customer.tag_events.order_by("occurred_at")]
-        data["segments"] = sorted(customer.memberships.values_list("segment__name", flat=True))
+        data["segments"] = sorted(customer_memberships(customer).values_list("segment__name", flat=True))
     data["orders"] = [
         {"name": o.name, "shopify_id": o.shopify_id, "created_at": o.created_at.isoformat(), "total": str(o.total),
          "currency": o.currency, "items": [{"title": i.title, "sku": i.sku, "quantity": i.quantity}

@@ -171,14 +171,25 @@ class SegmentVersion(models.Model):
 UNCHECKED = {"db_constraint": False, "db_index": False}
 
 
+def CASCADE_THROUGH_SEGMENTS(collector, field, sub_objs, using):
+    """``models.CASCADE`` for a deleted customer's memberships and join/leave events, which are indexed
+    by (segment, customer) but not by customer alone: the rows are looked up through the segments of
+    the customer's store, one probe of that index each, instead of a scan of every store's rows."""
+    models.CASCADE(collector, field, sub_objs.filter(segment__store_id=models.F(f"{field.name}__store_id")), using)
+
+
+CASCADE_THROUGH_SEGMENTS.lazy_sub_objs = True  # the collector would otherwise read sub_objs (that scan) first
+
+
 class Membership(models.Model):
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
                               **UNCHECKED)
     segment = models.ForeignKey(  # indexed by membership_unique
         Segment, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("segment"), **UNCHECKED
     )
-    customer = models.ForeignKey(  # indexed by membership_customer
-        Customer, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("customer"), **UNCHECKED
+    customer = models.ForeignKey(  # indexed after the segment by membership_unique
+        Customer, on_delete=CASCADE_THROUGH_SEGMENTS, related_name="memberships", verbose_name=_("customer"),
+        **UNCHECKED
     )
     since = models.DateField(_("member since"))
     # Held out of a list's campaign (measured, never tagged). db_default: recompute inserts with raw SQL.
@@ -188,12 +199,11 @@ class Membership(models.Model):
         verbose_name = _("membership")
         verbose_name_plural = _("memberships")
         constraints = [
-            # Also the index of recompute's diff and of in_segment('slug') conditions.
+            # Also the index of recompute's diff, of in_segment('slug') conditions and of "which
+            # segments is this customer in" (segments.selectors.customer_memberships: one probe per
+            # segment of the store). An index on the customer alone cost a first recompute 7 s of
+            # 39 s at 1M customers (docs/performance.md).
             models.UniqueConstraint(fields=["segment", "customer"], name="membership_unique"),
-        ]
-        indexes = [
-            # "Which segments is this customer in" (customer page, explain, webhooks).
-            models.Index(fields=["customer"], name="membership_customer"),
         ]
 
     def __str__(self) -> str:
@@ -261,8 +271,8 @@ class MembershipEvent(models.Model):
         Segment, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("segment"),
         **UNCHECKED,
     )
-    customer = models.ForeignKey(  # indexed by membership_event_customer_date
-        Customer, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("customer"),
+    customer = models.ForeignKey(  # indexed after the segment by membership_event_seg_customer
+        Customer, on_delete=CASCADE_THROUGH_SEGMENTS, related_name="membership_events", verbose_name=_("customer"),
         **UNCHECKED
     )
     kind = models.CharField(_("event"), max_length=6, choices=MembershipEventKind.choices)
@@ -275,8 +285,8 @@ class MembershipEvent(models.Model):
         indexes = [
             # Recent joins and leaves of a segment; daily joined/left counts for snapshots.
             models.Index(fields=["segment", "date"], name="membership_event_segment_date"),
-            # A customer's membership history (explain, journeys).
-            models.Index(fields=["customer", "date"], name="membership_event_customer_date"),
+            # A customer's history in given segments (journeys; a deleted customer's events).
+            models.Index(fields=["segment", "customer", "date"], name="membership_event_seg_customer"),
         ]
 
     def __str__(self) -> str:

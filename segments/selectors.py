@@ -265,6 +265,12 @@ def segment_targets(segment: Segment) -> QuerySet[Customer]:
     )
 
 
+def customer_memberships(customer: Customer) -> QuerySet[Membership]:
+    """The segments and lists the customer is in, found through the store's segments: memberships are
+    indexed by (segment, customer), not by customer alone (segments.models.Membership)."""
+    return Membership.objects.filter(segment__store_id=customer.store_id, customer=customer).select_related("segment")
+
+
 def segment_recent_events(segment: Segment, limit: int = 50) -> QuerySet[MembershipEvent]:
     return (
         MembershipEvent.objects.filter(segment=segment)

@@ -266,6 +266,12 @@ def membership_apply(
                 cursor.execute(f"INSERT INTO {STAGING_TABLE} (customer_id) {members_sql}", members_params)
         else:
             cursor.executemany(f"INSERT INTO {STAGING_TABLE} (customer_id) VALUES (%s)", [(i,) for i in members])
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {membership} WHERE segment_id = %s)", [segment.pk])
+        if not cursor.fetchone()[0]:
+            # No member yet (a new segment, or one that matched nobody): everyone matching joins.
+            # No diff to plan: the anti-joins below were planned against a table that other
+            # connections were filling, and a nested loop over it went quadratic.
+            return _members_join_all(cursor, segment, as_of, now)
         if connection.vendor == "postgresql":
             cursor.execute(f"ANALYZE {STAGING_TABLE}")  # temporary tables are never auto-analysed
         # Leaves: stored members no longer matching.
@@ -305,6 +311,22 @@ def membership_apply(
         cursor.execute(f"SELECT COUNT(*) FROM {membership} WHERE segment_id = %s", [segment.pk])
         count = cursor.fetchone()[0]
     return joined, left, count
+
+
+def _members_join_all(cursor, segment: Segment, as_of: dt.date, now: dt.datetime) -> tuple[int, int, int]:
+    """Every customer in the staging table joins ``segment``, which has no member: (joined, 0, joined)."""
+    cursor.execute(
+        f"""INSERT INTO {MembershipEvent._meta.db_table} (store_id, segment_id, customer_id, kind, date, created_at)
+            SELECT %s, %s, customer_id, %s, %s, %s FROM {STAGING_TABLE}""",
+        [segment.store_id, segment.pk, MembershipEventKind.JOINED, as_of, now],
+    )
+    joined = cursor.rowcount
+    cursor.execute(
+        f"""INSERT INTO {Membership._meta.db_table} (store_id, segment_id, customer_id, since)
+            SELECT %s, %s, customer_id, %s FROM {STAGING_TABLE}""",
+        [segment.store_id, segment.pk, as_of],
+    )
+    return joined, 0, joined
 
 
 @dataclass

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import django_filters
-from django.db.models import Prefetch, Q
+from django.db.models import Q
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import mixins, serializers, viewsets
 
 from ecpower.api.framework import StoreScopedMixin
 from ecpower.commerce.models import Customer, CustomerTag, Order, Store
 from segments.models import Membership
+from segments.selectors import customer_memberships
 
 
 class StoreSerializer(serializers.ModelSerializer):
@@ -55,10 +56,15 @@ class CustomerSerializer(serializers.ModelSerializer):
 
 
 class CustomerDetailSerializer(CustomerSerializer):
-    segments = CustomerSegmentSerializer(source="memberships", many=True, read_only=True)
+    segments = serializers.SerializerMethodField()
 
     class Meta(CustomerSerializer.Meta):
         fields = (*CustomerSerializer.Meta.fields, "segments")
+
+    @extend_schema_field(CustomerSegmentSerializer(many=True))
+    def get_segments(self, customer: Customer) -> list[dict]:
+        memberships = customer_memberships(customer).order_by("segment__slug")
+        return CustomerSegmentSerializer(memberships, many=True).data
 
 
 class CustomerFilter(django_filters.FilterSet):
@@ -95,13 +101,6 @@ class CustomerViewSet(StoreScopedMixin, viewsets.ReadOnlyModelViewSet):
     def get_serializer_class(self):
         return CustomerDetailSerializer if self.action == "retrieve" else CustomerSerializer
 
-    def get_queryset(self):
-        queryset = super().get_queryset()
-        if self.action == "retrieve":
-            queryset = queryset.prefetch_related(
-                Prefetch("memberships", queryset=Membership.objects.select_related("segment").order_by("segment__slug"))
-            )
-        return queryset
 
 
 class OrderSerializer(serializers.ModelSerializer):

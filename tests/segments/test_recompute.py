@@ -14,7 +14,7 @@ from ecpower.commerce.services import customer_facts_refresh
 from segments.models import Membership, MembershipEvent, Segment, SegmentStatus
 from segments.query_language import parse
 from segments.rules import InvalidRule
-from segments.selectors import dependency_order, segment_explain, segment_preview, store_today
+from segments.selectors import customer_memberships, dependency_order, segment_explain, segment_preview, store_today
 from segments.services import (
     SegmentBusy,
     customers_segments_recompute,
@@ -211,6 +211,22 @@ def test_deleting_a_stores_data_empties_its_segments(store):
     assert (segment.status, segment.member_count) == (SegmentStatus.NEW, 0)
     assert not Membership.objects.filter(segment=segment).exists()
     assert not MembershipEvent.objects.filter(segment=segment).exists()
+
+
+def test_deleting_a_customer_deletes_its_memberships_and_history_and_nobody_elses(store):
+    other_store = StoreFactory(shopify_domain="other.myshopify.com")
+    a, b, elsewhere = CustomerFactory(store=store), CustomerFactory(store=store), CustomerFactory(store=other_store)
+    for customer in (a, b, elsewhere):
+        buy(customer)
+    ours = segment_create(store=store, name="buyers", slug="buyers", query="number_of_orders >= 1")
+    theirs = segment_create(store=other_store, name="buyers", slug="buyers", query="number_of_orders >= 1")
+    segment_recompute(segment=ours), segment_recompute(segment=theirs)
+    assert [m.segment for m in customer_memberships(a)] == [ours]
+
+    a.delete()
+    assert members(ours) == {b.pk} and members(theirs) == {elsewhere.pk}
+    assert events(ours) == [(b.pk, "joined", store_today(store))]
+    assert events(theirs) == [(elsewhere.pk, "joined", store_today(other_store))]
 
 
 @pytest.mark.django_db(transaction=True)
