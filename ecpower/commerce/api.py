@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import django_filters
+from django import forms
 from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import mixins, serializers, viewsets
 
@@ -11,6 +15,23 @@ from ecpower.api.framework import StoreScopedMixin
 from ecpower.commerce.models import Customer, CustomerTag, Order, Store
 from segments.models import Membership
 from segments.selectors import customer_memberships
+
+
+class UTCIsoDateTimeField(django_filters.fields.IsoDateTimeField):
+    """An ISO 8601 time read in UTC: Python accepts offsets up to ±23:59, PostgreSQL only to ±15:59."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is None:
+            return None
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError as exc:
+            raise forms.ValidationError(_("This time is out of range."), code="invalid") from exc
+
+
+class UTCIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UTCIsoDateTimeField
 
 
 class StoreSerializer(serializers.ModelSerializer):
@@ -75,7 +96,7 @@ class CustomerFilter(django_filters.FilterSet):
     store = django_filters.NumberFilter(field_name="store_id")
     shopify_id = django_filters.NumberFilter()
     orders_count_min = django_filters.NumberFilter(field_name="orders_count", lookup_expr="gte")
-    last_order_after = django_filters.IsoDateTimeFilter(field_name="last_order_at", lookup_expr="gte")
+    last_order_after = UTCIsoDateTimeFilter(field_name="last_order_at", lookup_expr="gte")
 
     class Meta:
         model = Customer
@@ -114,8 +135,8 @@ class OrderSerializer(serializers.ModelSerializer):
 class OrderFilter(django_filters.FilterSet):
     store = django_filters.NumberFilter(field_name="store_id")
     customer = django_filters.NumberFilter(field_name="customer_id")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Order

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import json
 
 import pytest
 from django.core.cache import cache
@@ -220,6 +222,21 @@ def test_customer_filters_and_detail_with_segments(stores):
     assert len(client.get(reverse("customer-list"), {"segment": "vip"}).json()["results"]) == 1
     detail = client.get(reverse("customer-detail", kwargs={"pk": customer.pk})).json()
     assert detail["tags"] == ["vip"] and sorted(s["slug"] for s in detail["segments"]) == ["vip", "vip-frozen"]
+
+
+def test_time_filters_take_any_offset_python_reads_and_refuse_times_out_of_range(stores):
+    a, _b = stores
+    _key, raw = api_key_create(store=a, name="tool")
+    client = client_with(raw)
+    customer = a.customers.get()
+    customer.last_order_at = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+    customer.save()
+    # -22:36 is beyond PostgreSQL's ±15:59 (a 500 before): 2026-11-20 12:00 UTC is 13:24 the day before there.
+    found = client.get(reverse("customer-list"), {"last_order_after": "2026-11-19T13:24:00-22:36"}).json()
+    later = client.get(reverse("customer-list"), {"last_order_after": "2026-11-19T13:25:00-22:36"}).json()
+    assert [c["id"] for c in found["results"]] == [customer.pk] and later["results"] == []
+    refused = client.get(reverse("order-list"), {"created_after": "0001-01-01T00:00:00+05:00"})
+    assert refused.status_code == 400 and "created_after" in json.dumps(refused.json())
 
 
 def test_openapi_schema_validates_without_warnings(db):
