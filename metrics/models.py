@@ -18,7 +18,7 @@ from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from ecpower.commerce.models import MONEY, Customer, Store
-from segments.models import UNCHECKED, Segment
+from segments.models import CASCADE_THROUGH_SEGMENTS, UNCHECKED, Segment
 
 
 class SnapshotSource(models.TextChoices):
@@ -84,8 +84,8 @@ class SnapshotMember(models.Model):
                               **UNCHECKED)
     segment = models.ForeignKey(Segment, on_delete=models.CASCADE, related_name="+", verbose_name=_("segment"),
                                 **UNCHECKED)  # indexed by snapshot_member_unique
-    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", verbose_name=_("customer"),
-                                 **UNCHECKED)
+    customer = models.ForeignKey(Customer, on_delete=CASCADE_THROUGH_SEGMENTS, related_name="+",
+                                 verbose_name=_("customer"), **UNCHECKED)  # indexed after the segment
 
     class Meta:
         verbose_name = _("snapshot member")

@@ -172,8 +172,8 @@ UNCHECKED = {"db_constraint": False, "db_index": False}
 
 
 def CASCADE_THROUGH_SEGMENTS(collector, field, sub_objs, using):
-    """``models.CASCADE`` for a deleted customer's memberships and join/leave events, which are indexed
-    by (segment, customer) but not by customer alone: the rows are looked up through the segments of
+    """``models.CASCADE`` for a deleted customer's memberships, join/leave events and snapshot members,
+    which are indexed by (segment, customer) but not by customer alone: the rows are looked up through the segments of
     the customer's store, one probe of that index each, instead of a scan of every store's rows."""
     models.CASCADE(collector, field, sub_objs.filter(segment__store_id=models.F(f"{field.name}__store_id")), using)
 

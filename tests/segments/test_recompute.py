@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from ecpower.commerce.models import Order
 from ecpower.commerce.services import customer_facts_refresh
+from metrics.models import SnapshotMember
 from segments.models import Membership, MembershipEvent, Segment, SegmentStatus
 from segments.query_language import parse
 from segments.rules import InvalidRule
@@ -222,9 +223,12 @@ def test_deleting_a_customer_deletes_its_memberships_and_history_and_nobody_else
     theirs = segment_create(store=other_store, name="buyers", slug="buyers", query="number_of_orders >= 1")
     segment_recompute(segment=ours), segment_recompute(segment=theirs)
     assert [m.segment for m in customer_memberships(a)] == [ours]
+    SnapshotMember.objects.bulk_create([SnapshotMember(store=c.store, segment=s, customer=c)
+                                        for c, s in ((a, ours), (b, ours), (elsewhere, theirs))])
 
     a.delete()
     assert members(ours) == {b.pk} and members(theirs) == {elsewhere.pk}
+    assert set(SnapshotMember.objects.values_list("customer_id", flat=True)) == {b.pk, elsewhere.pk}
     assert events(ours) == [(b.pk, "joined", store_today(store))]
     assert events(theirs) == [(elsewhere.pk, "joined", store_today(other_store))]
 
