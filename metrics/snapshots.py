@@ -511,6 +511,29 @@ def _fill_stats(cursor, store: Store, day: dt.date) -> None:
     # Each buyer's average order value and purchase interval are worked out here, once per customer, and
     # summed per segment by _measure: the same values as before, without dividing once per membership
     # (at 1M customers, 5.8 M memberships: 7.4 s → 5.2 s for the KPI statement).
+    orders = Order._meta.db_table
+    if connection.vendor == "postgresql":
+        # Each of them looked up by order_customer_ordinal: the planner, which counts a tenth of the
+        # distinct buyers among the orders, hashed them against a scan of every order instead (at
+        # 1M customers, 37,000 who ordered since: 2.5 s → 0.8 s).
+        ordered_since = f"""
+            SELECT c.id, a.n, a.spent, a.first_at, a.last_at
+            FROM {customer} c CROSS JOIN LATERAL (
+                SELECT COUNT(*) AS n, SUM(o.total - o.refunded_amount) AS spent, MIN(o.created_at) AS first_at,
+                       MAX(o.created_at) AS last_at
+                FROM {orders} o
+                WHERE o.customer_id = c.id AND o.ordinal IS NOT NULL AND o.created_at < %s AND o.store_id = %s
+            ) a
+            WHERE c.store_id = %s AND c.last_order_at >= %s AND a.n > 0"""
+        ordered_since_params = [end, store.pk, store.pk, end]
+    else:
+        ordered_since = f"""
+            SELECT o.customer_id, COUNT(*), SUM(o.total - o.refunded_amount), MIN(o.created_at), MAX(o.created_at)
+            FROM {orders} o
+            WHERE o.store_id = %s AND o.ordinal IS NOT NULL AND o.created_at < %s AND o.customer_id IN (
+                SELECT id FROM {customer} WHERE store_id = %s AND last_order_at >= %s)
+            GROUP BY o.customer_id"""
+        ordered_since_params = [store.pk, end, store.pk, end]
     cursor.execute(
         f"""INSERT INTO {STATS} (customer_id, n, spent, first_at, last_at, aov, interval_days)
             SELECT u.customer_id, u.n, u.spent, u.first_at, u.last_at, u.spent * 1.0 / u.n,
@@ -520,14 +543,9 @@ def _fill_stats(cursor, store: Store, day: dt.date) -> None:
                        last_order_at AS last_at
                 FROM {customer}
                 WHERE store_id = %s AND orders_count > 0 AND last_order_at < %s
-                UNION ALL
-                SELECT o.customer_id, COUNT(*), SUM(o.total - o.refunded_amount), MIN(o.created_at), MAX(o.created_at)
-                FROM {Order._meta.db_table} o
-                WHERE o.store_id = %s AND o.ordinal IS NOT NULL AND o.created_at < %s AND o.customer_id IN (
-                    SELECT id FROM {customer} WHERE store_id = %s AND last_order_at >= %s)
-                GROUP BY o.customer_id
+                UNION ALL {ordered_since}
             ) u""",
-        [store.pk, end, store.pk, end, store.pk, end],
+        [store.pk, end, *ordered_since_params],
     )
     if connection.vendor == "postgresql":
         cursor.execute(f"ANALYZE {STATS}")
