@@ -1,4 +1,4 @@
-"""The daily run of each store: import → recompute → snapshots → tag sync → partner pushes → email.
+"""The daily run of each store: import → recompute → tag sync → partner pushes, beside the snapshots → email.
 
 ``daily_dispatch`` is a django-q2 schedule (every 15 minutes, defined in code): for every store
 whose local hour has reached its ``daily_run_hour`` it creates that local day's ``PipelineRun``
@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -39,10 +40,11 @@ from metrics.models import PipelineRun, PipelineStatus
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The steps in order; the steps of one group run side by side (``side_by_side``): today's recompute and
-# yesterday's snapshots both read the imported orders, neither reads what the other writes.
-STEP_GROUPS = (("import",), ("recompute", "snapshots"), ("tags",), ("partners",), ("email",))
-STEPS = tuple(step for group in STEP_GROUPS for step in group)
+# The steps in groups of lanes: a group's lanes run side by side (``side_by_side``), each lane's steps one
+# after another. Today's recompute, then the pushes of its changes (tags, partners), run beside yesterday's
+# snapshots: both lanes read what the import wrote, and neither reads what the other writes.
+STEP_GROUPS = ((("import",),), (("recompute", "tags", "partners"), ("snapshots",)), (("email",),))
+STEPS = tuple(step for group in STEP_GROUPS for lane in group for step in lane)
 
 
 class StepSkipped(Exception):
@@ -121,11 +123,22 @@ def pipeline_run(run_id: int) -> str:
     if run is None:
         return "skipped"
     summary: dict[str, dict] = {}
+    running: list[str] = []  # the steps under way, shown as the run's step ("tags+snapshots")
+    lock = threading.Lock()
+
+    def lane(steps: tuple[str, ...]) -> None:
+        for step in steps:
+            with lock:
+                running.append(step)
+                PipelineRun.objects.filter(pk=run.pk).update(step="+".join(running), heartbeat_at=timezone.now())
+            outcome = _step(run, step)
+            with lock:
+                running.remove(step)
+                summary[step] = outcome
+                PipelineRun.objects.filter(pk=run.pk).update(summary=summary)
+
     for group in STEP_GROUPS:
-        PipelineRun.objects.filter(pk=run.pk).update(step="+".join(group), heartbeat_at=timezone.now())
-        outcomes = side_by_side(*[functools.partial(_step, run, step) for step in group])
-        summary.update(zip(group, outcomes, strict=True))
-        PipelineRun.objects.filter(pk=run.pk).update(summary=summary)
+        side_by_side(*[functools.partial(lane, steps) for steps in group])
     outcomes = {s["status"] for s in summary.values()} - {"skipped"}
     if outcomes <= {SyncJobStatus.SUCCEEDED}:
         status = PipelineStatus.SUCCEEDED

@@ -28,7 +28,7 @@ def test_suite_at_ten_thousand_customers_is_correct(tmp_path, capsys, settings):
         "incremental_100_facts_equal_full": True, "incremental_100_members_equal_full": True,
         "incremental_10000_facts_equal_full": True, "incremental_10000_members_equal_full": True,
         "snapshots_one_day": True, "tag_diff_size": True, "daily_recompute_equals_full": True,
-        "preview_estimate_products_near_exact": True, "daily_snapshots": True,
+        "preview_estimate_products_near_exact": True, "daily_snapshots": True, "daily_tag_diff_size": True,
     }
     members = report.checks["members"]
     assert set(members) == set(SEGMENTS)

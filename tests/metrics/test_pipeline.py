@@ -238,3 +238,38 @@ def test_a_run_with_its_recompute_and_snapshots_side_by_side_records_both(frozen
     assert (run.summary["recompute"]["status"], run.summary["snapshots"]["status"]) == ("succeeded", "succeeded")
     assert Segment.objects.get(store=store).member_count == 1
     assert SegmentSnapshot.objects.get(segment__store=store, date=dt.date(2025, 7, 10)).members == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_recomputes_pushes_go_out_while_the_snapshots_are_still_taken(frozen, monkeypatch):
+    import threading
+
+    from django.db import connection
+
+    from metrics import pipeline
+
+    if connection.vendor != "postgresql":
+        pytest.skip("side by side only on PostgreSQL; SQLite runs the steps one after another")
+    store = small_store(time_zone="Asia/Tokyo", daily_run_hour=0)
+    snapshots_started, pushed = threading.Event(), threading.Event()
+    steps_seen: list[str] = []
+
+    def tags(run, job, progress):  # waits for the snapshots to be under way (or fails after 10 s)
+        beside = snapshots_started.wait(10)
+        steps_seen.append(PipelineRun.objects.get(pk=run.pk).step)
+        pushed.set()
+        return (SyncJobStatus.SUCCEEDED if beside else SyncJobStatus.FAILED), {}
+
+    def snapshots(run, job, progress):  # finishes only once the tags went out (or fails after 10 s)
+        snapshots_started.set()
+        return (SyncJobStatus.SUCCEEDED if pushed.wait(10) else SyncJobStatus.FAILED), {}
+
+    monkeypatch.setitem(pipeline.STEP_FUNCTIONS, "tags", tags)
+    monkeypatch.setitem(pipeline.STEP_FUNCTIONS, "snapshots", snapshots)
+    daily_dispatch()
+    run = PipelineRun.objects.get(store=store)
+    assert run.status == PipelineStatus.SUCCEEDED
+    assert (run.summary["recompute"]["status"], run.summary["tags"]["status"]) == ("succeeded", "succeeded")
+    assert run.summary["snapshots"]["status"] == "succeeded"  # the tags did not wait for the snapshots
+    assert steps_seen == ["snapshots+tags"]  # what the run showed while both ran
+    assert Segment.objects.get(store=store).member_count == 1
