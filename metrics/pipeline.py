@@ -123,7 +123,7 @@ def pipeline_run(run_id: int) -> str:
     if run is None:
         return "skipped"
     summary: dict[str, dict] = {}
-    running: list[str] = []  # the steps under way, shown as the run's step ("tags+snapshots")
+    running: list[str] = []  # the steps under way, shown as the run's step ("snapshots+tags")
     lock = threading.Lock()
 
     def lane(steps: tuple[str, ...]) -> None:
