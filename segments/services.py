@@ -267,66 +267,56 @@ def membership_apply(
         else:
             cursor.executemany(f"INSERT INTO {STAGING_TABLE} (customer_id) VALUES (%s)", [(i,) for i in members])
         cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {membership} WHERE segment_id = %s)", [segment.pk])
-        if not cursor.fetchone()[0]:
-            # No member yet (a new segment, or one that matched nobody): everyone matching joins.
-            # No diff to plan: the anti-joins below were planned against a table that other
-            # connections were filling, and a nested loop over it went quadratic.
-            return _members_join_all(cursor, segment, as_of, now)
-        if connection.vendor == "postgresql":
-            cursor.execute(f"ANALYZE {STAGING_TABLE}")  # temporary tables are never auto-analysed
-        # Leaves: stored members no longer matching.
-        gone = f"""
-            FROM {membership} m WHERE m.segment_id = %s{scope_sql}
-              AND NOT EXISTS (SELECT 1 FROM {STAGING_TABLE} s WHERE s.customer_id = m.customer_id)
-        """
-        cursor.execute(
-            f"""INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
-                SELECT m.store_id, m.segment_id, m.customer_id, %s, %s, %s {gone}""",
-            [MembershipEventKind.LEFT, as_of, now, segment.pk, *scope_params],
-        )
-        left = cursor.rowcount
-        if left:
+        first = not cursor.fetchone()[0]
+        left = 0
+        if first:
+            # No member yet (a new segment, or one that matched nobody): everyone matching joins, with no
+            # anti-join to plan (one planned against the table another connection was filling became a
+            # nested loop over it and ran for more than ten minutes).
+            new, new_params = f"FROM {STAGING_TABLE} s", []
+        else:
+            if connection.vendor == "postgresql":
+                cursor.execute(f"ANALYZE {STAGING_TABLE}")  # temporary tables are never auto-analysed
+            # Leaves: stored members no longer matching.
+            gone = f"""
+                FROM {membership} m WHERE m.segment_id = %s{scope_sql}
+                  AND NOT EXISTS (SELECT 1 FROM {STAGING_TABLE} s WHERE s.customer_id = m.customer_id)
+            """
             cursor.execute(
-                f"""DELETE FROM {membership} WHERE segment_id = %s AND customer_id IN (
-                        SELECT m.customer_id {gone})""",
-                [segment.pk, segment.pk, *scope_params],
+                f"""INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
+                    SELECT m.store_id, m.segment_id, m.customer_id, %s, %s, %s {gone}""",
+                [MembershipEventKind.LEFT, as_of, now, segment.pk, *scope_params],
             )
-        # Joins: matching customers not yet members.
-        new = f"""
-            FROM {STAGING_TABLE} s WHERE NOT EXISTS (
-                SELECT 1 FROM {membership} m WHERE m.segment_id = %s AND m.customer_id = s.customer_id)
-        """
+            left = cursor.rowcount
+            if left:
+                cursor.execute(
+                    f"""DELETE FROM {membership} WHERE segment_id = %s AND customer_id IN (
+                            SELECT m.customer_id {gone})""",
+                    [segment.pk, segment.pk, *scope_params],
+                )
+            # Joins: matching customers not yet members.
+            new, new_params = f"""
+                FROM {STAGING_TABLE} s WHERE NOT EXISTS (
+                    SELECT 1 FROM {membership} m WHERE m.segment_id = %s AND m.customer_id = s.customer_id)
+            """, [segment.pk]
         cursor.execute(
             f"""INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
                 SELECT %s, %s, s.customer_id, %s, %s, %s {new}""",
-            [segment.store_id, segment.pk, MembershipEventKind.JOINED, as_of, now, segment.pk],
+            [segment.store_id, segment.pk, MembershipEventKind.JOINED, as_of, now, *new_params],
         )
         joined = cursor.rowcount
         if joined:
             cursor.execute(
                 f"""INSERT INTO {membership} (store_id, segment_id, customer_id, since)
                     SELECT %s, %s, s.customer_id, %s {new}""",
-                [segment.store_id, segment.pk, as_of, segment.pk],
+                [segment.store_id, segment.pk, as_of, *new_params],
             )
-        cursor.execute(f"SELECT COUNT(*) FROM {membership} WHERE segment_id = %s", [segment.pk])
-        count = cursor.fetchone()[0]
+        if first:
+            count = joined
+        else:
+            cursor.execute(f"SELECT COUNT(*) FROM {membership} WHERE segment_id = %s", [segment.pk])
+            count = cursor.fetchone()[0]
     return joined, left, count
-
-
-def _members_join_all(cursor, segment: Segment, as_of: dt.date, now: dt.datetime) -> tuple[int, int, int]:
-    """Every customer in the staging table joins ``segment``, which has no member: (joined, 0, joined)."""
-    cursor.execute(
-        f"""INSERT INTO {MembershipEvent._meta.db_table} (store_id, segment_id, customer_id, kind, date, created_at)
-            SELECT %s, %s, customer_id, %s, %s, %s FROM {STAGING_TABLE}""",
-        [segment.store_id, segment.pk, MembershipEventKind.JOINED, as_of, now],
-    )
-    joined = cursor.rowcount
-    cursor.execute(
-        f"""INSERT INTO {Membership._meta.db_table} (store_id, segment_id, customer_id, since)
-            SELECT %s, %s, customer_id, %s FROM {STAGING_TABLE}""",
-        [segment.store_id, segment.pk, as_of],
-    )
-    return joined, 0, joined
 
 
 @dataclass

@@ -123,7 +123,6 @@ class CustomerViewSet(StoreScopedMixin, viewsets.ReadOnlyModelViewSet):
         return CustomerDetailSerializer if self.action == "retrieve" else CustomerSerializer
 
 
-
 class OrderSerializer(serializers.ModelSerializer):
     class Meta:
         model = Order
