@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, transaction
-from django.db.models import Max, Q, QuerySet
+from django.db.models import F, Max, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.text import slugify
@@ -239,18 +239,24 @@ def segment_recompute(*, segment: Segment, as_of: dt.date | None = None, scope: 
 
 
 def membership_apply(
-    segment: Segment, members: QuerySet | Sequence[int], as_of: dt.date, scope: Sequence[int] | str | None = None
-) -> tuple[int, int, int]:
+    segment: Segment, members: QuerySet | Sequence[int], as_of: dt.date, scope: Sequence[int] | str | None = None,
+    *, count: bool = True,
+) -> tuple[int, int, int | None]:
     """Make stored membership equal ``members`` (within ``scope`` if given) and return (joined, left, members).
 
     ``members`` is a query of customer ids, or the ids themselves. ``scope`` is a list of customer
     ids or an SQL subquery selecting them (``customer_scope``): members outside it are left alone.
+    With ``count=False`` the members are not counted (None) unless the segment had none: the caller
+    moves the kept count by joined − left.
     """
     membership, events = Membership._meta.db_table, MembershipEvent._meta.db_table
     now = timezone.now()
     scope_sql, scope_params = "", []
     if isinstance(scope, str):
-        scope_sql = f" AND m.customer_id IN ({scope})"
+        # An array on PostgreSQL, as in the rules' subqueries (rules.InScope): the members are looked up by
+        # (segment, customer) for exactly these ids.
+        scope_sql = (f" AND m.customer_id = ANY(ARRAY({scope}))" if connection.vendor == "postgresql"
+                     else f" AND m.customer_id IN ({scope})")
     elif scope is not None:
         scope_sql = f" AND m.customer_id IN ({', '.join(['%s'] * len(scope))})"
         scope_params = list(scope)
@@ -266,8 +272,11 @@ def membership_apply(
                 cursor.execute(f"INSERT INTO {STAGING_TABLE} (customer_id) {members_sql}", members_params)
         else:
             cursor.executemany(f"INSERT INTO {STAGING_TABLE} (customer_id) VALUES (%s)", [(i,) for i in members])
-        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {membership} WHERE segment_id = %s)", [segment.pk])
-        first = not cursor.fetchone()[0]
+        # In index order: asked whether rows of one segment exist, the planner scanned the table from its
+        # start, expecting to meet one soon, and read every other segment's rows first (20–90 ms at 1M).
+        cursor.execute(f"SELECT customer_id FROM {membership} WHERE segment_id = %s ORDER BY customer_id LIMIT 1",
+                       [segment.pk])
+        first = cursor.fetchone() is None
         left = 0
         if first:
             # No member yet (a new segment, or one that matched nobody): everyone matching joins, with no
@@ -282,18 +291,30 @@ def membership_apply(
                 FROM {membership} m WHERE m.segment_id = %s{scope_sql}
                   AND NOT EXISTS (SELECT 1 FROM {STAGING_TABLE} s WHERE s.customer_id = m.customer_id)
             """
-            cursor.execute(
-                f"""INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
-                    SELECT m.store_id, m.segment_id, m.customer_id, %s, %s, %s {gone}""",
-                [MembershipEventKind.LEFT, as_of, now, segment.pk, *scope_params],
-            )
-            left = cursor.rowcount
-            if left:
+            if connection.vendor == "postgresql":
+                # One pass: the members found gone are deleted and their leave events written from what the
+                # delete returns (finding them probes every scoped customer's membership: 10,000 probes for
+                # an incremental update, twice as two statements).
                 cursor.execute(
-                    f"""DELETE FROM {membership} WHERE segment_id = %s AND customer_id IN (
-                            SELECT m.customer_id {gone})""",
-                    [segment.pk, segment.pk, *scope_params],
+                    f"""WITH gone AS (DELETE {gone} RETURNING m.store_id, m.segment_id, m.customer_id)
+                        INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
+                        SELECT store_id, segment_id, customer_id, %s, %s, %s FROM gone""",
+                    [segment.pk, *scope_params, MembershipEventKind.LEFT, as_of, now],
                 )
+                left = cursor.rowcount
+            else:
+                cursor.execute(
+                    f"""INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
+                        SELECT m.store_id, m.segment_id, m.customer_id, %s, %s, %s {gone}""",
+                    [MembershipEventKind.LEFT, as_of, now, segment.pk, *scope_params],
+                )
+                left = cursor.rowcount
+                if left:
+                    cursor.execute(
+                        f"""DELETE FROM {membership} WHERE segment_id = %s AND customer_id IN (
+                                SELECT m.customer_id {gone})""",
+                        [segment.pk, segment.pk, *scope_params],
+                    )
             # Joins: matching customers not yet members.
             new, new_params = f"""
                 FROM {STAGING_TABLE} s WHERE NOT EXISTS (
@@ -311,12 +332,13 @@ def membership_apply(
                     SELECT %s, %s, s.customer_id, %s {new}""",
                 [segment.store_id, segment.pk, as_of, *new_params],
             )
+        members_count = None
         if first:
-            count = joined
-        else:
+            members_count = joined
+        elif count:
             cursor.execute(f"SELECT COUNT(*) FROM {membership} WHERE segment_id = %s", [segment.pk])
-            count = cursor.fetchone()[0]
-    return joined, left, count
+            members_count = cursor.fetchone()[0]
+    return joined, left, members_count
 
 
 @dataclass
@@ -492,10 +514,14 @@ def _scoped_apply(segment: Segment, store: Store, scope: str, as_of: dt.date | N
                   changed: dict[str, tuple[int, int]]) -> None:
     context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(scope, []))
     members = rules.members_queryset(segment.rule, context).values_list("id", flat=True)
-    joined, left, count = membership_apply(segment, members, context.as_of, scope=scope)
+    # Not counted again: reading every member's index entry was 20–60 ms a segment at 1M customers, more
+    # than evaluating 10,000 customers. The daily recompute counts them (and so corrects what deleted
+    # customers took away meanwhile).
+    joined, left, count = membership_apply(segment, members, context.as_of, scope=scope, count=False)
     if joined or left:
         changed[segment.slug] = (joined, left)
-        Segment.objects.filter(pk=segment.pk).update(member_count=count)
+        Segment.objects.filter(pk=segment.pk).update(
+            member_count=count if count is not None else F("member_count") + joined - left)
 
 
 def templates_add(*, store: Store, slugs: Iterable[str] | None = None, user=None) -> list[Segment]:

@@ -58,11 +58,14 @@ def customer_scope(ids: Sequence[int], table: str = "ecp_customer_scope") -> str
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (customer_id bigint PRIMARY KEY)")
         temp_table_empty(cursor, table)
-        for chunk in _chunks(ids, FACTS_CHUNK_SIZE):
-            cursor.execute(f"INSERT INTO {table} (customer_id) VALUES {', '.join(['(%s)'] * len(chunk))}",
-                           list(chunk))
         if connection.vendor == "postgresql":
+            # One array parameter: binding 10,000 placeholders took longer than the insert.
+            cursor.execute(f"INSERT INTO {table} (customer_id) SELECT unnest(%s::bigint[])", [list(ids)])
             cursor.execute(f"ANALYZE {table}")
+        else:
+            for chunk in _chunks(ids, FACTS_CHUNK_SIZE):
+                cursor.execute(f"INSERT INTO {table} (customer_id) VALUES {', '.join(['(%s)'] * len(chunk))}",
+                               list(chunk))
     return f"SELECT customer_id FROM {table}"
 
 
@@ -154,17 +157,20 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
             [store_id, *order_params, True],
         )
         recopy = [row[0] for row in cursor.fetchall()] if scoped else []
-        # 2. Counted orders get their rank per customer.
+        # 2. Counted orders get their rank per customer. The ranking carries each order's ordinal, so only
+        # the orders whose ordinal changes are joined back to be updated (at 1M customers, 2,000 customers'
+        # 11,500 orders were each looked up again to find the 2,200 new ones: 80 of 160 ms).
         cursor.execute(
             f"""
             UPDATE {order} AS o SET ordinal = r.rn
             FROM (
-                SELECT id AS ranked_id, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY created_at, id) AS rn
+                SELECT id AS ranked_id, ordinal AS was,
+                       ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY created_at, id) AS rn
                 FROM {order}
                 WHERE store_id = %s{order_scope} AND customer_id IS NOT NULL
                   AND cancelled_at IS NULL AND test = %s
             ) AS r
-            WHERE o.id = r.ranked_id AND (o.ordinal IS NULL OR o.ordinal <> r.rn){" RETURNING id" if scoped else ""}
+            WHERE (r.was IS NULL OR r.was <> r.rn) AND o.id = r.ranked_id{" RETURNING id" if scoped else ""}
             """,
             [store_id, *order_params, False],
         )
