@@ -16,7 +16,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from ecpower.commerce.models import Customer, CustomerTagEvent, Product, ProductTag, Store
-from ecpower.commerce.services import customer_scope
+from ecpower.commerce.services import customers_scope
 from segments import rules
 from segments.models import Membership, MembershipEvent, Segment, SegmentKind
 from segments.query_language import to_text
@@ -144,7 +144,8 @@ def _preview_estimate(store: Store, tree: dict, as_of: dt.date | None, sample_si
     total = len(ids) * scale  # the store's customers, estimated from the same draw
     if total <= settings.PREVIEW_ESTIMATE_ABOVE:  # ids of other stores in between: not that large
         return None
-    context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(customer_scope(ids, ESTIMATE_SCOPE_TABLE), []))
+    scope = customers_scope(ids, ESTIMATE_SCOPE_TABLE)
+    context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(scope, []) if isinstance(scope, str) else scope)
     hits = list(rules.members_queryset(tree, context).order_by("-last_order_at", "-id").values_list("pk", flat=True))
     share = len(hits) / len(ids)
     # 95 % margin: normal approximation with the finite-population correction; a sample without hits

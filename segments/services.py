@@ -27,7 +27,7 @@ from django.utils.translation import gettext as _
 
 from ecpower.commerce.bulk import temp_table_empty
 from ecpower.commerce.models import Store
-from ecpower.commerce.services import customer_scope
+from ecpower.commerce.services import customers_scope
 from segments import changes, rules
 from segments.models import (
     ChangePurpose,
@@ -253,10 +253,9 @@ def membership_apply(
     now = timezone.now()
     scope_sql, scope_params = "", []
     if isinstance(scope, str):
-        # An array on PostgreSQL, as in the rules' subqueries (rules.InScope): the members are looked up by
-        # (segment, customer) for exactly these ids.
-        scope_sql = (f" AND m.customer_id = ANY(ARRAY({scope}))" if connection.vendor == "postgresql"
-                     else f" AND m.customer_id IN ({scope})")
+        scope_sql = f" AND m.customer_id IN ({scope})"
+    elif scope is not None and connection.vendor == "postgresql":
+        scope_sql, scope_params = " AND m.customer_id = ANY(%s::bigint[])", [list(scope)]  # as rules.InIds
     elif scope is not None:
         scope_sql = f" AND m.customer_id IN ({', '.join(['%s'] * len(scope))})"
         scope_params = list(scope)
@@ -478,7 +477,7 @@ def customers_segments_recompute(
     if (threads < 2 or len(ids) < SCOPED_SIDE_BY_SIDE_MIN or connection.vendor != "postgresql"
             or connection.in_atomic_block):
         with transaction.atomic():
-            scope = customer_scope(ids, SCOPE_TABLE)
+            scope = customers_scope(ids, SCOPE_TABLE)
             for segment in ordered:
                 _scoped_apply(segment, store, scope, as_of, changed)
         return changed
@@ -498,7 +497,7 @@ def _scoped_drain(pending: queue.SimpleQueue[Segment], store: Store, ids: Sequen
                   changed: dict[str, tuple[int, int]]) -> None:
     """On this thread's own connection: load the scope once, then apply segments until none are left."""
     try:
-        scope = customer_scope(ids, SCOPE_TABLE)
+        scope = customers_scope(ids, SCOPE_TABLE)
         while True:
             try:
                 segment = pending.get_nowait()
@@ -510,9 +509,9 @@ def _scoped_drain(pending: queue.SimpleQueue[Segment], store: Store, ids: Sequen
         connection.close()
 
 
-def _scoped_apply(segment: Segment, store: Store, scope: str, as_of: dt.date | None,
+def _scoped_apply(segment: Segment, store: Store, scope: Sequence[int] | str, as_of: dt.date | None,
                   changed: dict[str, tuple[int, int]]) -> None:
-    context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(scope, []))
+    context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(scope, []) if isinstance(scope, str) else scope)
     members = rules.members_queryset(segment.rule, context).values_list("id", flat=True)
     # Not counted again: reading every member's index entry was 20–60 ms a segment at 1M customers, more
     # than evaluating 10,000 customers. The daily recompute counts them (and so corrects what deleted

@@ -58,15 +58,18 @@ def customer_scope(ids: Sequence[int], table: str = "ecp_customer_scope") -> str
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (customer_id bigint PRIMARY KEY)")
         temp_table_empty(cursor, table)
+        for chunk in _chunks(ids, FACTS_CHUNK_SIZE):
+            cursor.execute(f"INSERT INTO {table} (customer_id) VALUES {', '.join(['(%s)'] * len(chunk))}",
+                           list(chunk))
         if connection.vendor == "postgresql":
-            # One array parameter: binding 10,000 placeholders took longer than the insert.
-            cursor.execute(f"INSERT INTO {table} (customer_id) SELECT unnest(%s::bigint[])", [list(ids)])
             cursor.execute(f"ANALYZE {table}")
-        else:
-            for chunk in _chunks(ids, FACTS_CHUNK_SIZE):
-                cursor.execute(f"INSERT INTO {table} (customer_id) VALUES {', '.join(['(%s)'] * len(chunk))}",
-                               list(chunk))
     return f"SELECT customer_id FROM {table}"
+
+
+def customers_scope(ids: Sequence[int], table: str = "ecp_customer_scope") -> list[int] | str:
+    """How a scoped evaluation names these customers: on PostgreSQL the ids themselves, one array constant
+    in each statement (segments.rules.InIds); elsewhere SQL selecting them from a temporary table."""
+    return list(ids) if connection.vendor == "postgresql" else customer_scope(ids, table)
 
 
 @transaction.atomic
