@@ -459,10 +459,10 @@ def customers_segments_recompute(
 ) -> dict[str, tuple[int, int]]:
     """Recompute every condition segment for these customers only (after orders or a webhook).
 
-    The ids go to a temporary table once per connection; each segment's rule is evaluated with that
-    scope pushed into every subquery (rules.EvaluationContext.scope), so the cost follows the
-    customers touched, not the store. Returns {slug: (joined, left)} for segments that changed;
-    counts are refreshed. From ``SCOPED_SIDE_BY_SIDE_MIN`` customers on, on PostgreSQL outside a
+    The ids are the scope (an array constant on PostgreSQL, a temporary table once per connection
+    elsewhere: ``customers_scope``); each segment's rule is evaluated with that scope pushed into every
+    subquery (rules.EvaluationContext.scope), so the cost follows the customers touched, not the store.
+    Returns {slug: (joined, left)} for segments that changed; their counts move by joins and leaves. From ``SCOPED_SIDE_BY_SIDE_MIN`` customers on, on PostgreSQL outside a
     transaction, segments that do not refer to each other run side by side on
     ``SEGMENT_RECOMPUTE_THREADS`` connections, each segment in its own transaction (the first error
     is raised once the others are done; a second call repeats nothing that already holds).
