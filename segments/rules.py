@@ -551,6 +551,11 @@ class InIds(Func):
         return f"{column_sql} IN ({', '.join(['%s'] * len(self.ids))})", (*column_params, *self.ids)
 
 
+def scope_from(scope: str | Sequence[int]) -> RawSQL | list[int]:
+    """An ``EvaluationContext.scope`` from SQL selecting customer ids, or from the ids themselves."""
+    return RawSQL(scope, []) if isinstance(scope, str) else list(scope)
+
+
 def _scoped(queryset: QuerySet, column: str, context: EvaluationContext) -> QuerySet:
     if context.scope is None:
         return queryset

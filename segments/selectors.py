@@ -29,7 +29,7 @@ def store_today(store: Store) -> dt.date:
     return timezone.now().astimezone(store.zone).date()
 
 
-def evaluation_context(*, store: Store, as_of: dt.date | None = None, scope: RawSQL | None = None
+def evaluation_context(*, store: Store, as_of: dt.date | None = None, scope: RawSQL | list[int] | None = None
                        ) -> rules.EvaluationContext:
     today = store_today(store)
     cache: dict[str, Segment] = {}
@@ -144,8 +144,8 @@ def _preview_estimate(store: Store, tree: dict, as_of: dt.date | None, sample_si
     total = len(ids) * scale  # the store's customers, estimated from the same draw
     if total <= settings.PREVIEW_ESTIMATE_ABOVE:  # ids of other stores in between: not that large
         return None
-    scope = customers_scope(ids, ESTIMATE_SCOPE_TABLE)
-    context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(scope, []) if isinstance(scope, str) else scope)
+    scope = rules.scope_from(customers_scope(ids, ESTIMATE_SCOPE_TABLE))
+    context = evaluation_context(store=store, as_of=as_of, scope=scope)
     hits = list(rules.members_queryset(tree, context).order_by("-last_order_at", "-id").values_list("pk", flat=True))
     share = len(hits) / len(ids)
     # 95 % margin: normal approximation with the finite-population correction; a sample without hits

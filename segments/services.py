@@ -462,10 +462,11 @@ def customers_segments_recompute(
     The ids are the scope (an array constant on PostgreSQL, a temporary table once per connection
     elsewhere: ``customers_scope``); each segment's rule is evaluated with that scope pushed into every
     subquery (rules.EvaluationContext.scope), so the cost follows the customers touched, not the store.
-    Returns {slug: (joined, left)} for segments that changed; their counts move by joins and leaves. From ``SCOPED_SIDE_BY_SIDE_MIN`` customers on, on PostgreSQL outside a
-    transaction, segments that do not refer to each other run side by side on
-    ``SEGMENT_RECOMPUTE_THREADS`` connections, each segment in its own transaction (the first error
-    is raised once the others are done; a second call repeats nothing that already holds).
+    Returns {slug: (joined, left)} for segments that changed; their counts move by joins and leaves.
+    From ``SCOPED_SIDE_BY_SIDE_MIN`` customers on, on PostgreSQL outside a transaction, segments that do
+    not refer to each other run side by side on ``SEGMENT_RECOMPUTE_THREADS`` connections, each segment
+    in its own transaction (the first error is raised once the others are done; a second call repeats
+    nothing that already holds).
     """
     ids = sorted(set(customer_ids))
     if not ids:
@@ -495,7 +496,7 @@ def customers_segments_recompute(
 
 def _scoped_drain(pending: queue.SimpleQueue[Segment], store: Store, ids: Sequence[int], as_of: dt.date,
                   changed: dict[str, tuple[int, int]]) -> None:
-    """On this thread's own connection: load the scope once, then apply segments until none are left."""
+    """On this thread's own connection: name the scope once, then apply segments until none are left."""
     try:
         scope = customers_scope(ids, SCOPE_TABLE)
         while True:
@@ -511,7 +512,7 @@ def _scoped_drain(pending: queue.SimpleQueue[Segment], store: Store, ids: Sequen
 
 def _scoped_apply(segment: Segment, store: Store, scope: Sequence[int] | str, as_of: dt.date | None,
                   changed: dict[str, tuple[int, int]]) -> None:
-    context = evaluation_context(store=store, as_of=as_of, scope=RawSQL(scope, []) if isinstance(scope, str) else scope)
+    context = evaluation_context(store=store, as_of=as_of, scope=rules.scope_from(scope))
     members = rules.members_queryset(segment.rule, context).values_list("id", flat=True)
     # Not counted again: reading every member's index entry was 20–60 ms a segment at 1M customers, more
     # than evaluating 10,000 customers. The daily recompute counts them (and so corrects what deleted
