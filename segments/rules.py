@@ -546,9 +546,15 @@ class InIds(Func):
 
     def as_sql(self, compiler, connection, **extra_context):
         column_sql, column_params = compiler.compile(self.source_expressions[0])
-        if connection.vendor == "postgresql":
-            return f"{column_sql} = ANY(%s::bigint[])", (*column_params, self.ids)
-        return f"{column_sql} IN ({', '.join(['%s'] * len(self.ids))})", (*column_params, *self.ids)
+        sql, params = ids_condition(column_sql, self.ids, connection.vendor)
+        return sql, (*column_params, *params)
+
+
+def ids_condition(column_sql: str, ids: Sequence[int], vendor: str) -> tuple[str, list]:
+    """SQL and parameters for "``column_sql`` is one of ``ids``" (``InIds``; raw SQL calls it too)."""
+    if vendor == "postgresql":
+        return f"{column_sql} = ANY(%s::bigint[])", [list(ids)]
+    return f"{column_sql} IN ({', '.join(['%s'] * len(ids))})", list(ids)
 
 
 def scope_from(scope: str | Sequence[int]) -> RawSQL | list[int]:

@@ -254,11 +254,9 @@ def membership_apply(
     scope_sql, scope_params = "", []
     if isinstance(scope, str):
         scope_sql = f" AND m.customer_id IN ({scope})"
-    elif scope is not None and connection.vendor == "postgresql":
-        scope_sql, scope_params = " AND m.customer_id = ANY(%s::bigint[])", [list(scope)]  # as rules.InIds
     elif scope is not None:
-        scope_sql = f" AND m.customer_id IN ({', '.join(['%s'] * len(scope))})"
-        scope_params = list(scope)
+        scope_sql, scope_params = rules.ids_condition("m.customer_id", scope, connection.vendor)
+        scope_sql = f" AND {scope_sql}"
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (customer_id bigint PRIMARY KEY)")
         temp_table_empty(cursor, STAGING_TABLE)
@@ -285,35 +283,7 @@ def membership_apply(
         else:
             if connection.vendor == "postgresql":
                 cursor.execute(f"ANALYZE {STAGING_TABLE}")  # temporary tables are never auto-analysed
-            # Leaves: stored members no longer matching.
-            gone = f"""
-                FROM {membership} m WHERE m.segment_id = %s{scope_sql}
-                  AND NOT EXISTS (SELECT 1 FROM {STAGING_TABLE} s WHERE s.customer_id = m.customer_id)
-            """
-            if connection.vendor == "postgresql":
-                # One pass: the members found gone are deleted and their leave events written from what the
-                # delete returns (finding them probes every scoped customer's membership: 10,000 probes for
-                # an incremental update, twice as two statements).
-                cursor.execute(
-                    f"""WITH gone AS (DELETE {gone} RETURNING m.store_id, m.segment_id, m.customer_id)
-                        INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
-                        SELECT store_id, segment_id, customer_id, %s, %s, %s FROM gone""",
-                    [segment.pk, *scope_params, MembershipEventKind.LEFT, as_of, now],
-                )
-                left = cursor.rowcount
-            else:
-                cursor.execute(
-                    f"""INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
-                        SELECT m.store_id, m.segment_id, m.customer_id, %s, %s, %s {gone}""",
-                    [MembershipEventKind.LEFT, as_of, now, segment.pk, *scope_params],
-                )
-                left = cursor.rowcount
-                if left:
-                    cursor.execute(
-                        f"""DELETE FROM {membership} WHERE segment_id = %s AND customer_id IN (
-                                SELECT m.customer_id {gone})""",
-                        [segment.pk, segment.pk, *scope_params],
-                    )
+            left = _members_leave(cursor, segment, as_of, now, scope_sql, scope_params)
             # Joins: matching customers not yet members.
             new, new_params = f"""
                 FROM {STAGING_TABLE} s WHERE NOT EXISTS (
@@ -338,6 +308,39 @@ def membership_apply(
             cursor.execute(f"SELECT COUNT(*) FROM {membership} WHERE segment_id = %s", [segment.pk])
             members_count = cursor.fetchone()[0]
     return joined, left, members_count
+
+
+def _members_leave(cursor, segment: Segment, as_of: dt.date, now: dt.datetime, scope_sql: str,
+                   scope_params: list) -> int:
+    """Stored members (within the scope) missing from the staging table leave; returns how many."""
+    membership, events = Membership._meta.db_table, MembershipEvent._meta.db_table
+    gone = f"""
+        FROM {membership} m WHERE m.segment_id = %s{scope_sql}
+          AND NOT EXISTS (SELECT 1 FROM {STAGING_TABLE} s WHERE s.customer_id = m.customer_id)
+    """
+    if connection.vendor == "postgresql":
+        # One pass: the members found gone are deleted and their leave events written from what the delete
+        # returns (finding them probes every scoped customer's membership: 10,000 probes for an incremental
+        # update, twice as two statements).
+        cursor.execute(
+            f"""WITH gone AS (DELETE {gone} RETURNING m.store_id, m.segment_id, m.customer_id)
+                INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
+                SELECT store_id, segment_id, customer_id, %s, %s, %s FROM gone""",
+            [segment.pk, *scope_params, MembershipEventKind.LEFT, as_of, now],
+        )
+        return cursor.rowcount
+    cursor.execute(
+        f"""INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at)
+            SELECT m.store_id, m.segment_id, m.customer_id, %s, %s, %s {gone}""",
+        [MembershipEventKind.LEFT, as_of, now, segment.pk, *scope_params],
+    )
+    left = cursor.rowcount
+    if left:
+        cursor.execute(
+            f"DELETE FROM {membership} WHERE segment_id = %s AND customer_id IN (SELECT m.customer_id {gone})",
+            [segment.pk, segment.pk, *scope_params],
+        )
+    return left
 
 
 @dataclass
