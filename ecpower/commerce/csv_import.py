@@ -29,7 +29,12 @@ from ecpower.commerce.models import (
     Store,
     TagEventAction,
 )
-from ecpower.commerce.services import customer_facts_refresh, line_copies_clear, line_items_link_products
+from ecpower.commerce.services import (
+    customer_facts_refresh,
+    line_copies_clear,
+    line_items_link_products,
+    orders_number_provisionally,
+)
 from ecpower.commerce.shopify_csv import (
     CustomerRecord,
     OrderRecord,
@@ -359,6 +364,15 @@ def _customers_for_orders(store: Store, records: list[OrderRecord]) -> dict[str,
     return by_name
 
 
+def _copies(order: Order, cleared: set[int]) -> dict:
+    """A new line's copies of its order's customer, time and ordinal, as the order is being written: the facts
+    refresh then copies again only where its ranking moves the ordinal (services.orders_number_provisionally).
+    Lines of an order whose customer or time just changed are left for the refresh, like its other lines."""
+    if order.pk in cleared:
+        return {}
+    return {"customer_id": order.customer_id, "ordered_at": order.created_at, "ordinal": order.ordinal}
+
+
 def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts, progress: Progress) -> set[int]:
     customer_ids = _customers_for_orders(store, records)
     existing: dict[str, Order] = {}
@@ -396,12 +410,14 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
             touched_customers.add(values["customer_id"])
         if done % BATCH == 0:
             progress("orders", done, len(records))
+    orders_number_provisionally([o for _r, o in new])
     Order.objects.bulk_create([o for _r, o in new], batch_size=BATCH)
     if changed:
         Order.objects.bulk_update(changed, sorted(changed_fields), batch_size=BATCH)
     # The lines stop counting for the previous customer; the facts refresh of the new one (none for a
     # guest order) gives them their copies again.
     line_copies_clear(order_ids=recopy)
+    cleared = set(recopy)
 
     have_items: dict[int, list[tuple]] = defaultdict(list)
     for chunk in _chunks([o.pk for _r, o in matched]):
@@ -430,6 +446,7 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
                 unit_price=i.unit_price,
                 discount=i.discount,
                 position=i.position,
+                **_copies(order, cleared),
             )
             for record, order in replace
             for i in record.line_items

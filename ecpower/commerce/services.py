@@ -104,6 +104,35 @@ def customer_facts_refresh(*, store: Store, customer_ids: Iterable[int] | None =
         _refresh_scope(store.pk, chunk)
 
 
+def orders_number_provisionally(orders: Sequence[Order]) -> None:
+    """Give new, unsaved counted orders the ordinal the facts refresh will give them if they come after
+    their customer's known orders (every order of a live store does), so their lines can be written with
+    their copies at once (``LineItem`` ``customer``, ``ordered_at``, ``ordinal``).
+
+    Only a hint: the refresh ranks every order of the customer again and rewrites the orders (and their
+    lines' copies) whose ordinal it got wrong. An order older than the customer's last one gets none. At
+    1M customers, writing 10,000 new orders' lines once instead of twice took 1.0–1.5 s off the
+    incremental update (docs/performance.md).
+    """
+    counted = sorted(
+        ((order.customer_id, order.created_at, position, order) for position, order in enumerate(orders)
+         if order.customer_id and order.cancelled_at is None and not order.test),
+        key=lambda row: row[:3],
+    )
+    known: dict[int, tuple[int, object]] = {}
+    for chunk in _chunks(sorted({row[0] for row in counted}), FACTS_CHUNK_SIZE):
+        known.update((pk, (count, last)) for pk, count, last in
+                     Customer.objects.filter(pk__in=chunk).values_list("pk", "orders_count", "last_order_at"))
+    unknown: set[int] = set()  # customers with a new order before their last one: every later rank moves
+    for customer_id, created_at, _position, order in counted:
+        count, last = known.get(customer_id, (0, None))
+        if customer_id in unknown or (last is not None and created_at < last):
+            unknown.add(customer_id)
+            continue
+        order.ordinal = count + 1
+        known[customer_id] = (count + 1, created_at)
+
+
 def line_copies_clear(*, order_ids: Sequence[int]) -> None:
     """Clear the copies of their order's customer, time and ordinal on these orders' line items.
 

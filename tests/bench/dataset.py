@@ -45,6 +45,9 @@ ORDER_COLUMNS = [
 ]
 LINE_COLUMNS = ["id", "store_id", "order_id", "product_id", "sku", "title", "vendor", "product_type", "quantity",
                 "unit_price", "discount", "position"]
+# New orders' lines also carry their order's customer, time and provisional ordinal, as the ingest writes them
+# (ecpower.commerce.services.orders_number_provisionally); a whole store's lines get them from the facts build.
+LINE_COPY_COLUMNS = ["customer_id", "ordered_at", "ordinal"]
 TAG_COLUMNS = ["id", "store_id", "customer_id", "name"]
 TAG_EVENT_COLUMNS = ["id", "store_id", "customer_id", "name", "action", "occurred_at", "source"]
 CUSTOMER_TAGS = ["LINE連携", "subscription", "wholesale"]
@@ -72,15 +75,35 @@ def _pick(rng: np.random.Generator, size: int, weights) -> np.ndarray:
     return rng.choice(len(weights), size=size, p=weights / weights.sum())
 
 
+def _provisional_ordinals(customer: np.ndarray, at: np.ndarray, counted: np.ndarray,
+                          known: dict[int, tuple[int, dt.datetime | None]]) -> np.ndarray:
+    """The ordinal the ingest gives each new order (orders in time order; 0 for none), by the rule of
+    ``orders_number_provisionally``: the customer's next one, unless the customer has a later order."""
+    ordinals = np.zeros(len(customer), dtype=np.int64)
+    latest = {pk: (count, last.timestamp() if last else None) for pk, (count, last) in known.items()}
+    unknown: set[int] = set()  # a new order before the customer's last one moves every later rank
+    for index, (pk, moment, counts) in enumerate(zip(customer.tolist(), at.tolist(), counted.tolist(), strict=True)):
+        count, last = latest.get(pk, (0, None))
+        if not counts or pk in unknown or (last is not None and moment < last):
+            unknown.update([pk] if counts else [])
+            continue
+        ordinals[index] = count + 1
+        latest[pk] = (count + 1, moment)
+    return ordinals
+
+
 def generate(*, directory: Path, store_id: int, customers: int, seed: int, until: dt.date, time_zone: str,
              products: list[int] | dict[int, list[int]], first_ids: dict[str, int], new_orders_for: np.ndarray | None = None,
              order_name_start: int = 1001, at: dt.datetime | None = None,
-             store_of: np.ndarray | None = None) -> Dataset:
+             store_of: np.ndarray | None = None, known: dict[int, tuple[int, dt.datetime | None]] | None = None,
+             ) -> Dataset:
     """Write the store's rows under ``directory`` (CSV and Parquet); ``products`` are the ids of the
     demo catalogue's products in CATALOGUE order, ``first_ids`` the first free id of each table.
 
     With ``new_orders_for`` (customer ids), only new orders of those customers are drawn, placed at
-    ``at``: the incremental-update step of the benchmark. With ``store_of`` (a store id per customer),
+    ``at``: the incremental-update step of the benchmark. As the ingest does, a counted new order gets
+    its customer's next ordinal from ``known`` (customer id → orders count and last order time) unless
+    the customer has a later order, and its lines get their copies. With ``store_of`` (a store id per customer),
     one call fills many stores (the multi-store run); each customer's rows carry its store.
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -140,6 +163,8 @@ def generate(*, directory: Path, store_id: int, customers: int, seed: int, until
     roll = rng.random(n_orders)
     cancelled = roll < 0.02
     test = (roll >= 0.02) & (roll < 0.022)
+    next_ordinal = (_provisional_ordinals(order_customer, order_at, ~(cancelled | test), known)
+                    if new_orders_for is not None and known else np.zeros(n_orders, dtype=np.int64))
     refunded = np.where((roll >= 0.022) & (roll < 0.05), np.round(total * 0.3), 0).astype(np.int64)
 
     con = duckdb.connect()
@@ -148,7 +173,7 @@ def generate(*, directory: Path, store_id: int, customers: int, seed: int, until
         "id": order_ids, "store_id": order_store, "customer_id": order_customer, "at": order_at, "subtotal": subtotal, "discount": discount,
         "code": code, "campaign": campaign, "shipping": shipping, "total": total, "refunded": refunded,
         "cancelled": cancelled, "test": test, "source": _pick(rng, n_orders, [90, 7, 3]),
-        "n": order_name_start + np.arange(n_orders, dtype=np.int64),
+        "n": order_name_start + np.arange(n_orders, dtype=np.int64), "next": next_ordinal,
     })
     con.register("li", {
         "id": first_ids["line_item"] + np.arange(n_lines, dtype=np.int64), "order_id": order_ids[line_order],
@@ -223,6 +248,7 @@ def generate(*, directory: Path, store_id: int, customers: int, seed: int, until
                    t.store_id, t.customer_id, n.name, 'added', {_stamp('t.added')}, 'import'
             FROM t JOIN tag_names n ON n.i = t.kind ORDER BY 1""")
 
+    ordinal = "CASE WHEN o.next > 0 AND NOT o.cancelled AND NOT o.test THEN o.next END::INTEGER"
     write("orders", "commerce_order", ORDER_COLUMNS, f"""
         SELECT o.id, o.store_id, 5000000000000 + o.id, '#' || o.n, o.customer_id, '', {_stamp('o.at')},
                {_stamp('o.at')}, {_stamp('o.at')}, 'JPY', o.subtotal, o.discount, COALESCE(k.a, ''), o.shipping,
@@ -230,16 +256,19 @@ def generate(*, directory: Path, store_id: int, customers: int, seed: int, until
                COALESCE(u.b, ''), COALESCE(u.c, ''), '', '', '',
                CASE WHEN o.cancelled THEN 'voided' WHEN o.refunded > 0 THEN 'partially_refunded' ELSE 'paid' END,
                CASE WHEN o.cancelled THEN '' ELSE 'fulfilled' END,
-               CASE WHEN o.cancelled THEN {_stamp('o.at + 3600')} END, o.test, NULL::INTEGER
+               CASE WHEN o.cancelled THEN {_stamp('o.at + 3600')} END, o.test, {ordinal}
         FROM o
         LEFT JOIN lookup k ON k.kind = 'code' AND k.i = o.code
         LEFT JOIN lookup u ON u.kind = 'campaign' AND u.i = o.campaign
         JOIN lookup s ON s.kind = 'source' AND s.i = o.source
         ORDER BY o.id""")
-    write("line_items", "commerce_lineitem", LINE_COLUMNS, """
+    copies = new_orders_for is not None
+    write("line_items", "commerce_lineitem", LINE_COLUMNS + (LINE_COPY_COLUMNS if copies else []), f"""
         SELECT li.id, li.store_id, li.order_id, v.product_id, v.sku, v.title, v.vendor, v.product_type, li.quantity,
-               li.price, 0, li.position
-        FROM li JOIN variant v ON v.v = li.variant AND v.store_id = li.store_id ORDER BY li.id""")
+               li.price, 0, li.position{f", o.customer_id, {_stamp('o.at')}, {ordinal}" if copies else ""}
+        FROM li JOIN variant v ON v.v = li.variant AND v.store_id = li.store_id
+        {"JOIN o ON o.id = li.order_id" if copies else ""}
+        ORDER BY li.id""")
     for name in ("customers", "customer_tags", "orders", "line_items"):
         if any(path.stem == name for _t, path, _c in files):
             con.execute(f"COPY {name} TO '{directory / name}.parquet' (FORMAT parquet)")

@@ -288,10 +288,12 @@ def incremental(store, directory: Path, products: list[int], report: Report, *, 
 
     ids = list(Customer.objects.filter(store=store).values_list("id", flat=True))
     touched = random.Random(seed).sample(ids, min(orders, len(ids)))
+    known = {pk: (count, last) for pk, count, last in Customer.objects.filter(pk__in=touched).values_list(
+        "pk", "orders_count", "last_order_at")}
     data = dataset.generate(directory=directory / f"new-{orders}", store_id=store.pk, customers=0, seed=seed,
                             until=store_today(store), time_zone=store.time_zone, products=products,
                             first_ids=dataset.first_free_ids(), new_orders_for=touched,
-                            order_name_start=10_000_000 + seed * 100_000)
+                            order_name_start=10_000_000 + seed * 100_000, known=known)
     dataset.load(data)
     autovacuum_stand_in()
     started = time.perf_counter()

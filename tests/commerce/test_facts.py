@@ -199,3 +199,32 @@ def _cover_file() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT relfilenode FROM pg_class WHERE relname = 'line_item_customer_cover'")
         return cursor.fetchone()[0]
+
+
+def test_new_orders_are_numbered_provisionally_after_their_customers_last_order(db):
+    """The ingest's hint (orders_number_provisionally): a new counted order after the customer's known orders
+    gets the next ordinal; one before them gets none, nor do the customer's later ones (every rank moves);
+    cancelled, test and guest orders get none."""
+    from ecpower.commerce.services import orders_number_provisionally
+
+    known = OrderFactory(created_at=T0)
+    OrderFactory(store=known.store, customer=known.customer, created_at=T0 + dt.timedelta(days=1))
+    early = OrderFactory(store=known.store, created_at=T0 + dt.timedelta(days=5))
+    customer_facts_refresh(store=known.store)
+    store, regular, late_comer = known.store, known.customer, early.customer
+
+    def new(customer, days, **fields):
+        return Order(store=store, customer=customer, created_at=T0 + dt.timedelta(days=days), **fields)
+
+    orders = {
+        "after, second": new(regular, 4), "after, first": new(regular, 3), "cancelled": new(regular, 2, cancelled_at=T0),
+        "test": new(regular, 2, test=True), "guest": new(None, 2),
+        "before the last": new(late_comer, 1), "after the one before": new(late_comer, 6),
+        "first ever": new(CustomerFactory(store=store), 9),
+    }
+    orders_number_provisionally(list(orders.values()))
+
+    assert {name: order.ordinal for name, order in orders.items()} == {
+        "after, second": 4, "after, first": 3, "cancelled": None, "test": None, "guest": None,
+        "before the last": None, "after the one before": None, "first ever": 1,
+    }

@@ -311,3 +311,36 @@ def test_lines_follow_a_reimported_order_to_its_new_customer_or_time(store, shop
     assert order.customer.email == ("newcomer@example.jp" if change == "customer" else "hanako@example.jp")
     assert set(LineItem.objects.filter(order=order).values_list("customer_id", "ordered_at", "ordinal")) == {
         (order.customer_id, order.created_at, 1)}
+
+
+def _facts_state(store):
+    return (sorted(Order.objects.filter(store=store).values_list("name", "ordinal")),
+            sorted(LineItem.objects.filter(store=store).values_list(
+                "order__name", "position", "customer_id", "ordered_at", "ordinal")))
+
+
+@pytest.mark.parametrize("days", [30, -200], ids=["after her last order", "before her first"])
+def test_new_orders_are_numbered_and_their_lines_copied_as_a_whole_store_refresh_would(store, shopify_csv_dir, days):
+    """The ingest writes new lines with their order's customer, time and a provisional ordinal, and the
+    import's own facts refresh corrects what the hint got wrong (an order older than the customer's others)."""
+    import dataclasses
+
+    from ecpower.commerce.csv_import import records_import
+    from ecpower.commerce.services import customer_facts_refresh
+    from ecpower.commerce.shopify_csv import parse_orders
+
+    _import_all(store, shopify_csv_dir)
+    records = parse_orders(_file(shopify_csv_dir, "orders_export.csv").data, file_name="orders_export.csv",
+                           zone=store.zone)
+    last = next(r for r in records if r.name == "#1005")  # hanako's third counted order
+    records_import(store=store, orders=[
+        dataclasses.replace(last, name=f"#200{k}", shopify_id=None,
+                            fields={**last.fields, "created_at": last.fields["created_at"] + dt.timedelta(days=days + k)})
+        for k in (0, 1)])
+
+    imported = _facts_state(store)
+    customer_facts_refresh(store=store)
+    assert _facts_state(store) == imported
+    hanako = dict(Order.objects.filter(store=store, customer__email="hanako@example.jp").values_list("name", "ordinal"))
+    assert hanako == ({"#1001": 1, "#1003": 2, "#1004": None, "#1005": 3, "#2000": 4, "#2001": 5} if days > 0 else
+                      {"#2000": 1, "#2001": 2, "#1001": 3, "#1003": 4, "#1004": None, "#1005": 5})
