@@ -121,10 +121,12 @@ def test_a_customer_whose_only_order_is_cancelled_is_reset(db):
     order.customer.refresh_from_db()
     assert order.customer.orders_count == 1
     Order.objects.filter(pk=order.pk).update(cancelled_at=T0)
+    stamped = Customer.objects.get(pk=order.customer_id).facts_refreshed_at
     customer_facts_refresh(store=order.store, customer_ids=[order.customer_id])
     order.customer.refresh_from_db()
     order.refresh_from_db()
     assert (order.customer.orders_count, order.customer.amount_spent, order.ordinal) == (0, 0, None)
+    assert order.customer.facts_refreshed_at is not None and order.customer.facts_refreshed_at != stamped
 
 
 def test_refresh_of_a_subset_runs_a_fixed_number_of_statements(db, django_assert_num_queries):
@@ -132,11 +134,14 @@ def test_refresh_of_a_subset_runs_a_fixed_number_of_statements(db, django_assert
     customers = [CustomerFactory(store=store) for _ in range(30)]
     for customer in customers:
         OrderFactory.create_batch(3, customer=customer, store=store)
-    # savepoint + 7 statements (clear ordinals, rank, reset, aggregate, copy to the lines of orders whose
-    # ordinal changed (one per 2,000 orders), copy to lines without copies, stamp the refresh) + release.
-    with django_assert_num_queries(9):
-        customer_facts_refresh(store=store, customer_ids=[c.pk for c in customers])
-    assert set(Customer.objects.filter(store=store).values_list("orders_count", flat=True)) == {3}
+    without_orders = CustomerFactory(store=store)
+    # savepoint + 5 statements (rank and clear ordinals, aggregate and stamp, reset and stamp those without
+    # counted orders, copy to the lines of orders whose ordinal changed (one per 2,000 orders), copy to lines
+    # without copies) + release.
+    with django_assert_num_queries(7):
+        customer_facts_refresh(store=store, customer_ids=[c.pk for c in [*customers, without_orders]])
+    assert set(Customer.objects.filter(store=store).values_list("orders_count", flat=True)) == {3, 0}
+    # Every customer refreshed is stamped: tomorrow's snapshots look at them again (metrics.snapshots).
     assert not Customer.objects.filter(store=store, facts_refreshed_at__isnull=True).exists()
 
 
