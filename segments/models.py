@@ -182,12 +182,19 @@ CASCADE_THROUGH_SEGMENTS.lazy_sub_objs = True  # the collector would otherwise r
 
 
 class Membership(models.Model):
+    # Keyed by (segment, customer), the index every query of the table uses: a surrogate id would be one more
+    # index and sequence value per row, a sixth of a first recompute at 1M customers (docs/performance.md).
+    pk = models.CompositePrimaryKey("segment", "customer")
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
                               **UNCHECKED)
-    segment = models.ForeignKey(  # indexed by membership_unique
+    # The primary key (membership_unique on PostgreSQL) is the index of recompute's diff, of in_segment('slug')
+    # conditions and of "which segments is this customer in" (segments.selectors.customer_memberships: one
+    # probe per segment of the store). Indexes on the customer alone, here and on the events, cost a first
+    # recompute 7 s of 39 s at 1M customers (docs/performance.md).
+    segment = models.ForeignKey(  # first in the primary key
         Segment, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("segment"), **UNCHECKED
     )
-    customer = models.ForeignKey(  # indexed after the segment by membership_unique
+    customer = models.ForeignKey(  # after the segment in the primary key
         Customer, on_delete=CASCADE_THROUGH_SEGMENTS, related_name="memberships", verbose_name=_("customer"),
         **UNCHECKED
     )
@@ -198,13 +205,6 @@ class Membership(models.Model):
     class Meta:
         verbose_name = _("membership")
         verbose_name_plural = _("memberships")
-        constraints = [
-            # Also the index of recompute's diff, of in_segment('slug') conditions and of "which
-            # segments is this customer in" (segments.selectors.customer_memberships: one probe per
-            # segment of the store). Indexes on the customer alone, here and on the events, cost a
-            # first recompute 7 s of 39 s at 1M customers (docs/performance.md).
-            models.UniqueConstraint(fields=["segment", "customer"], name="membership_unique"),
-        ]
 
     def __str__(self) -> str:
         return f"{self.customer_id} ∈ {self.segment_id}"
