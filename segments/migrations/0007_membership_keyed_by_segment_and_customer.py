@@ -2,7 +2,7 @@
 
 The unique (segment, customer) index was already the one every query uses; the id added a second index
 and a sequence value to every row written. At 1M customers a first recompute of the 20 benchmark segments
-took 48–50 s with it and 42.9 s without (docs/performance.md).
+took 47.5–50.3 s with it and 42.9–45.3 s without (docs/performance.md).
 
 Django does not migrate a table to a composite primary key itself, so the database is changed here by
 hand: on PostgreSQL in place (the unique index's name stays, now the primary key's), on SQLite by
