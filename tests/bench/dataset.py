@@ -22,6 +22,7 @@ import duckdb
 import numpy as np
 
 from ecpower.commerce.demo import CATALOGUE, GIVEN_NAMES, PREFECTURES, SURNAMES
+from ecpower.commerce.services import next_ordinals
 
 YEARS = 2.5
 CODES = ["WELCOME10", "LINE500", "SPRING2025", "MOTHERSDAY", "SAMPLE300"]
@@ -73,23 +74,6 @@ def _stamp(seconds: str) -> str:
 def _pick(rng: np.random.Generator, size: int, weights) -> np.ndarray:
     weights = np.asarray(weights, dtype=float)
     return rng.choice(len(weights), size=size, p=weights / weights.sum())
-
-
-def _provisional_ordinals(customer: np.ndarray, at: np.ndarray, counted: np.ndarray,
-                          known: dict[int, tuple[int, dt.datetime | None]]) -> np.ndarray:
-    """The ordinal the ingest gives each new order (orders in time order; 0 for none), by the rule of
-    ``orders_number_provisionally``: the customer's next one, unless the customer has a later order."""
-    ordinals = np.zeros(len(customer), dtype=np.int64)
-    latest = {pk: (count, last.timestamp() if last else None) for pk, (count, last) in known.items()}
-    unknown: set[int] = set()  # a new order before the customer's last one moves every later rank
-    for index, (pk, moment, counts) in enumerate(zip(customer.tolist(), at.tolist(), counted.tolist(), strict=True)):
-        count, last = latest.get(pk, (0, None))
-        if not counts or pk in unknown or (last is not None and moment < last):
-            unknown.update([pk] if counts else [])
-            continue
-        ordinals[index] = count + 1
-        latest[pk] = (count + 1, moment)
-    return ordinals
 
 
 def generate(*, directory: Path, store_id: int, customers: int, seed: int, until: dt.date, time_zone: str,
@@ -163,8 +147,11 @@ def generate(*, directory: Path, store_id: int, customers: int, seed: int, until
     roll = rng.random(n_orders)
     cancelled = roll < 0.02
     test = (roll >= 0.02) & (roll < 0.022)
-    next_ordinal = (_provisional_ordinals(order_customer, order_at, ~(cancelled | test), known)
-                    if new_orders_for is not None and known else np.zeros(n_orders, dtype=np.int64))
+    next_ordinal = np.zeros(n_orders, dtype=np.int64)  # 0: none (the facts build or refresh ranks the order)
+    if new_orders_for is not None and known:  # as the ingest numbers new orders (orders_number_provisionally)
+        last_seen = {pk: (count, last.timestamp() if last else None) for pk, (count, last) in known.items()}
+        rows = list(zip(order_customer.tolist(), order_at.tolist(), (~(cancelled | test)).tolist(), strict=True))
+        next_ordinal[:] = [ordinal or 0 for ordinal in next_ordinals(rows, last_seen)]
     refunded = np.where((roll >= 0.022) & (roll < 0.05), np.round(total * 0.3), 0).astype(np.int64)
 
     con = duckdb.connect()
