@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import queue
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +54,8 @@ CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
 STAGING_TABLE = "ecp_segment_staging"
 # Customers an incremental recompute is limited to (customers_segments_recompute).
 SCOPE_TABLE = "ecp_customer_scope"
+# (segment, customer) pairs an incremental update writes, outside PostgreSQL (_pairs_source).
+PAIRS_TABLE = "ecp_segment_pairs"
 # From this many customers on, an incremental recompute runs segments side by side on several
 # connections: each loads the scope once (docs/performance.md, "Incremental").
 SCOPED_SIDE_BY_SIDE_MIN = 1000
@@ -240,14 +241,11 @@ def segment_recompute(*, segment: Segment, as_of: dt.date | None = None, scope: 
 
 def membership_apply(
     segment: Segment, members: QuerySet | Sequence[int], as_of: dt.date, scope: Sequence[int] | str | None = None,
-    *, count: bool = True,
-) -> tuple[int, int, int | None]:
+) -> tuple[int, int, int]:
     """Make stored membership equal ``members`` (within ``scope`` if given) and return (joined, left, members).
 
     ``members`` is a query of customer ids, or the ids themselves. ``scope`` is a list of customer
     ids or an SQL subquery selecting them (``customer_scope``): members outside it are left alone.
-    With ``count=False`` the members are not counted (None) unless the segment had none: the caller
-    moves the kept count by joined − left.
     """
     membership, events = Membership._meta.db_table, MembershipEvent._meta.db_table
     now = timezone.now()
@@ -301,10 +299,9 @@ def membership_apply(
                     SELECT %s, %s, s.customer_id, %s {new}""",
                 [segment.store_id, segment.pk, as_of, *new_params],
             )
-        members_count = None
         if first:
             members_count = joined
-        elif count:
+        else:
             cursor.execute(f"SELECT COUNT(*) FROM {membership} WHERE segment_id = %s", [segment.pk])
             members_count = cursor.fetchone()[0]
     return joined, left, members_count
@@ -463,68 +460,175 @@ def customers_segments_recompute(
     """Recompute every condition segment for these customers only (after orders or a webhook).
 
     The ids are the scope (an array constant on PostgreSQL, a temporary table once per connection
-    elsewhere: ``customers_scope``); each segment's rule is evaluated with that scope pushed into every
-    subquery (rules.EvaluationContext.scope), so the cost follows the customers touched, not the store.
+    elsewhere: ``customers_scope``), pushed into every subquery (rules.EvaluationContext.scope), so the
+    cost follows the customers touched, not the store. The segments are evaluated together: one
+    statement gives every rule's verdict on each customer (``rules.verdicts_queryset``; an
+    ``in_segment`` condition compiles the referenced rule inline, since that segment's membership of
+    these customers becomes its rule's verdict in the same call), one read finds their stored
+    memberships, and the joins and leaves of all of them are written at once (``_verdicts_apply``).
     Returns {slug: (joined, left)} for segments that changed; their counts move by joins and leaves.
-    From ``SCOPED_SIDE_BY_SIDE_MIN`` customers on, on PostgreSQL outside a transaction, segments that do
-    not refer to each other run side by side on ``SEGMENT_RECOMPUTE_THREADS`` connections, each segment
-    in its own transaction (the first error is raised once the others are done; a second call repeats
-    nothing that already holds).
+
+    From ``SCOPED_SIDE_BY_SIDE_MIN`` customers on, on PostgreSQL outside a transaction, the segments are
+    split between ``SEGMENT_RECOMPUTE_THREADS`` connections, each group in its own transaction (the first
+    error is raised once the others are done; a second call repeats nothing that already holds).
     """
     ids = sorted(set(customer_ids))
     if not ids:
         return {}
     ordered, _cyclic = dependency_order(Segment.objects.filter(store=store, kind=SegmentKind.CONDITION))
+    if not ordered:
+        return {}
     as_of = as_of or store_today(store)  # one day for every segment, whichever connection evaluates it
     changed: dict[str, tuple[int, int]] = {}
     threads = settings.SEGMENT_RECOMPUTE_THREADS
     if (threads < 2 or len(ids) < SCOPED_SIDE_BY_SIDE_MIN or connection.vendor != "postgresql"
             or connection.in_atomic_block):
         with transaction.atomic():
-            scope = customers_scope(ids, SCOPE_TABLE)
-            for segment in ordered:
-                _scoped_apply(segment, store, scope, as_of, changed)
+            _scoped_group_apply(ordered, store, customers_scope(ids, SCOPE_TABLE), as_of, changed)
         return changed
-    for wave in _waves(ordered):
-        pending: queue.SimpleQueue[Segment] = queue.SimpleQueue()
-        for segment in wave:
-            pending.put(segment)
-        workers = min(threads, len(wave))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_scoped_drain, pending, store, ids, as_of, changed) for _ in range(workers)]
-            for future in futures:
-                future.result()  # raises the first error, after every thread has finished
+    groups = _balanced(ordered, threads)
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        futures = [pool.submit(_scoped_group_on_own_connection, group, store, ids, as_of, changed) for group in groups]
+        for future in futures:
+            future.result()  # raises the first error, after every thread has finished
     return changed
 
 
-def _scoped_drain(pending: queue.SimpleQueue[Segment], store: Store, ids: Sequence[int], as_of: dt.date,
-                  changed: dict[str, tuple[int, int]]) -> None:
-    """On this thread's own connection: name the scope once, then apply segments until none are left."""
+def _balanced(segments: list[Segment], groups: int) -> list[list[Segment]]:
+    """``segments`` dealt into at most ``groups`` groups of about equal work: rules over orders or line
+    items weigh most (each reads its customers' rows), then tag rules; a rule on customer columns alone
+    costs almost nothing once the customers are read. A referenced segment's rule weighs in its
+    referrer's too (it is compiled inline)."""
+    functions = {name for name, spec in rules.FIELDS.items() if spec.kind == "function"}
+    rules_by_slug = {segment.slug: segment.rule for segment in segments}
+
+    def weight(rule: dict, seen: frozenset = frozenset()) -> int:  # from the raw rule: a broken one fails later
+        total = 0
+        for _path, condition in rules.iter_conditions(rule or {}):
+            field = condition.get("field")
+            if field in functions:
+                total += 4
+            elif field in ("customer_tags", *rules.MAPPED_ATTRIBUTES):
+                total += 2
+            elif field == "in_segment" and condition.get("value") in rules_by_slug and condition["value"] not in seen:
+                total += weight(rules_by_slug[condition["value"]], seen | {condition["value"]})
+        return max(total, 1)
+
+    dealt: list[tuple[int, list[Segment]]] = [(0, []) for _ in range(min(groups, len(segments)))]
+    for segment in sorted(segments, key=lambda s: weight(s.rule), reverse=True):
+        index = min(range(len(dealt)), key=lambda i: dealt[i][0])
+        total, members = dealt[index]
+        dealt[index] = (total + weight(segment.rule), [*members, segment])
+    return [members for _total, members in dealt]
+
+
+def _scoped_group_on_own_connection(segments: list[Segment], store: Store, ids: Sequence[int], as_of: dt.date,
+                                    changed: dict[str, tuple[int, int]]) -> None:
     try:
-        scope = customers_scope(ids, SCOPE_TABLE)
-        while True:
-            try:
-                segment = pending.get_nowait()
-            except queue.Empty:
-                return
-            with transaction.atomic():
-                _scoped_apply(segment, store, scope, as_of, changed)
+        _scoped_group_apply(segments, store, customers_scope(ids, SCOPE_TABLE), as_of, changed)
     finally:
-        connection.close()
+        connection.close()  # this thread's own connection
 
 
-def _scoped_apply(segment: Segment, store: Store, scope: Sequence[int] | str, as_of: dt.date | None,
-                  changed: dict[str, tuple[int, int]]) -> None:
+def _scoped_group_apply(segments: list[Segment], store: Store, scope: Sequence[int] | str, as_of: dt.date,
+                        changed: dict[str, tuple[int, int]]) -> None:
+    """Evaluate ``segments`` for the customers of ``scope`` in one statement and apply the verdicts.
+
+    When the statement fails (a broken rule), the segments are evaluated one at a time, each in its own
+    transaction, so the others still apply; the first error is raised afterwards.
+    """
     context = evaluation_context(store=store, as_of=as_of, scope=rules.scope_from(scope))
-    members = rules.members_queryset(segment.rule, context).values_list("id", flat=True)
-    # Not counted again: reading every member's index entry was 20–60 ms a segment at 1M customers, more
-    # than evaluating 10,000 customers. The daily recompute counts them (and so corrects what deleted
-    # customers took away meanwhile).
-    joined, left, count = membership_apply(segment, members, context.as_of, scope=scope, count=False)
-    if joined or left:
-        changed[segment.slug] = (joined, left)
-        Segment.objects.filter(pk=segment.pk).update(
-            member_count=count if count is not None else F("member_count") + joined - left)
+    context.inline_segments = True
+    try:
+        with transaction.atomic():
+            members: dict[int, set[int]] = {segment.pk: set() for segment in segments}
+            for customer_id, *verdicts in rules.verdicts_queryset([s.rule for s in segments], context):
+                for segment, verdict in zip(segments, verdicts, strict=True):
+                    if verdict:
+                        members[segment.pk].add(customer_id)
+            moved = _verdicts_apply(store, members, scope, as_of)
+    except Exception:
+        if len(segments) == 1:
+            raise
+        logger.warning("one pass over %d segments failed; evaluating them one at a time", len(segments),
+                       exc_info=True)
+        moved = None
+    if moved is None:
+        failure = None
+        for segment in segments:
+            try:
+                _scoped_group_apply([segment], store, scope, as_of, changed)
+            except Exception as exc:  # the first is raised once the others are applied
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return
+    for segment in segments:
+        joined, left = moved.get(segment.pk, (0, 0))
+        if joined or left:
+            changed[segment.slug] = (joined, left)
+            # Moved, not counted again: reading every member's index entry was 20–60 ms a segment at 1M
+            # customers. The daily recompute counts them (and so corrects what deleted customers took away).
+            Segment.objects.filter(pk=segment.pk).update(member_count=F("member_count") + joined - left)
+
+
+def _verdicts_apply(store: Store, members: dict[int, set[int]], scope: Sequence[int] | str, as_of: dt.date
+                    ) -> dict[int, tuple[int, int]]:
+    """Make the stored memberships of the scope's customers equal ``members`` ({segment id: customer
+    ids}) for each of those segments, recording joins and leaves as of ``as_of``; returns
+    {segment id: (joined, left)} for the segments that moved.
+
+    The scope's memberships of all the segments are read in one statement (one probe of the primary key
+    per segment and customer) and compared here; the joins and the leaves of every segment are then
+    written in one statement each.
+    """
+    membership, events = Membership._meta.db_table, MembershipEvent._meta.db_table
+    segment_ids = sorted(members)
+    if isinstance(scope, str):
+        scope_sql, scope_params = f"customer_id IN ({scope})", []
+    else:
+        scope_sql, scope_params = rules.ids_condition("customer_id", scope, connection.vendor)
+    segments_sql, segments_params = rules.ids_condition("segment_id", segment_ids, connection.vendor)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT segment_id, customer_id FROM {membership} WHERE {segments_sql} AND {scope_sql}",
+                       [*segments_params, *scope_params])
+        stored: dict[int, set[int]] = {pk: set() for pk in segment_ids}
+        for segment_id, customer_id in cursor.fetchall():
+            stored[segment_id].add(customer_id)
+        joins = [(pk, c) for pk in segment_ids for c in sorted(members[pk] - stored[pk])]
+        leaves = [(pk, c) for pk in segment_ids for c in sorted(stored[pk] - members[pk])]
+        now = timezone.now()
+        if leaves:
+            source, params = _pairs_source(cursor, leaves)
+            cursor.execute(f"DELETE FROM {membership} WHERE (segment_id, customer_id) IN "
+                           f"(SELECT p.segment_id, p.customer_id FROM {source})", params)
+            cursor.execute(f"INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at) "
+                           f"SELECT %s, p.segment_id, p.customer_id, %s, %s, %s FROM {source}",
+                           [store.pk, MembershipEventKind.LEFT, as_of, now, *params])
+        if joins:
+            source, params = _pairs_source(cursor, joins)
+            cursor.execute(f"INSERT INTO {membership} (store_id, segment_id, customer_id, since) "
+                           f"SELECT %s, p.segment_id, p.customer_id, %s FROM {source}", [store.pk, as_of, *params])
+            cursor.execute(f"INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at) "
+                           f"SELECT %s, p.segment_id, p.customer_id, %s, %s, %s FROM {source}",
+                           [store.pk, MembershipEventKind.JOINED, as_of, now, *params])
+    moved: dict[int, list[int]] = {}
+    for pairs, side in ((joins, 0), (leaves, 1)):
+        for segment_id, _customer_id in pairs:
+            moved.setdefault(segment_id, [0, 0])[side] += 1
+    return {pk: (counts[0], counts[1]) for pk, counts in moved.items()}
+
+
+def _pairs_source(cursor, pairs: list[tuple[int, int]]) -> tuple[str, list]:
+    """SQL naming (segment id, customer id) ``pairs`` as a table ``p``, and its parameters: on PostgreSQL
+    two array constants unnested side by side; elsewhere a temporary table filled with them."""
+    if connection.vendor == "postgresql":
+        return ("unnest(%s::bigint[], %s::bigint[]) AS p (segment_id, customer_id)",
+                [[segment_id for segment_id, _c in pairs], [customer_id for _s, customer_id in pairs]])
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {PAIRS_TABLE} (segment_id bigint, customer_id bigint)")
+    temp_table_empty(cursor, PAIRS_TABLE)
+    cursor.executemany(f"INSERT INTO {PAIRS_TABLE} (segment_id, customer_id) VALUES (%s, %s)", pairs)
+    return f"{PAIRS_TABLE} p", []
 
 
 def templates_add(*, store: Store, slugs: Iterable[str] | None = None, user=None) -> list[Segment]:

@@ -7,12 +7,13 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from ecpower.commerce.models import Order
 from ecpower.commerce.services import customer_facts_refresh
 from metrics.models import SnapshotMember
-from segments.models import Membership, MembershipEvent, Segment, SegmentStatus
+from segments.models import Membership, MembershipEvent, Segment, SegmentKind, SegmentStatus
 from segments.query_language import parse
 from segments.rules import InvalidRule
 from segments.selectors import customer_memberships, dependency_order, segment_explain, segment_preview, store_today
@@ -231,6 +232,31 @@ def test_deleting_a_customer_deletes_its_memberships_and_history_and_nobody_else
     assert set(SnapshotMember.objects.values_list("customer_id", flat=True)) == {b.pk, elsewhere.pk}
     assert events(ours) == [(b.pk, "joined", store_today(store))]
     assert events(theirs) == [(elsewhere.pk, "joined", store_today(other_store))]
+
+
+def test_an_incremental_update_evaluates_every_segment_in_one_statement(store):
+    a, b = CustomerFactory(store=store), CustomerFactory(store=store)
+    vip = Segment.objects.create(store=store, name="VIP", slug="vip", kind=SegmentKind.LIST)
+    Membership.objects.create(store=store, segment=vip, customer=b, since=store_today(store))
+    queries = {"buyers": "number_of_orders >= 1", "big": "amount_spent >= 3000",
+               # A condition segment's rule is compiled inline; a list is read as stored.
+               "buyers-not-big": "in_segment('buyers') AND NOT in_segment('big')",
+               "vip-buyers": "in_segment('vip') AND in_segment('buyers')"}
+    segments = {slug: segment_create(store=store, name=slug, slug=slug, query=q) for slug, q in queries.items()}
+    store_segments_recompute(store=store)
+    buy(a), buy(b, total=5000)
+
+    with CaptureQueriesContext(connection) as run:
+        changes = customers_segments_recompute(store=store, customer_ids=[a.pk, b.pk])
+
+    # The customers are read once for the four rules, not once per rule.
+    assert len([q for q in run.captured_queries if 'AS "v0"' in q["sql"]]) == 1
+    assert changes == {"buyers": (2, 0), "big": (1, 0), "buyers-not-big": (1, 0), "vip-buyers": (1, 0)}
+    assert {slug: members(s) for slug, s in segments.items()} == {
+        "buyers": {a.pk, b.pk}, "big": {b.pk}, "buyers-not-big": {a.pk}, "vip-buyers": {b.pk}}
+    assert events(segments["vip-buyers"]) == [(b.pk, "joined", store_today(store))]
+    full = store_segments_recompute(store=store)
+    assert not full.failed and not [r.slug for r in full.results if r.joined or r.left]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -221,7 +221,7 @@ class CompiledRulesAgreeWithTheOracle(TestCase):
     )
     def test_sql_members_equal_python_members(self, customers, orders, many, base, days_back):
         store, today = build_store(customers, orders, days_back)
-        CustomerFactory(store=StoreFactory(), email="other-store@example.jp")  # never selected
+        other = CustomerFactory(store=StoreFactory(), email="other-store@example.jp")  # never selected
         base_segment = segment_create(store=store, name="base", slug="base", rule=base)
         segment_recompute(segment=base_segment)
 
@@ -233,6 +233,16 @@ class CompiledRulesAgreeWithTheOracle(TestCase):
             got = set(rules.members_queryset(tree, context).values_list("id", flat=True))
             want = oracle.member_ids(tree)
             assert got == want, (to_text(tree), as_of, sorted(got ^ want))
+        # An incremental update's way: every rule's verdict in one statement, for some customers only
+        # (one of another store's among them, never selected).
+        checked = [rules.check(tree) for tree in many]
+        scope = [*store.customers.order_by("pk").values_list("pk", flat=True)[:3], other.pk]
+        rows = list(rules.verdicts_queryset(checked, evaluation_context(store=store, as_of=as_of, scope=scope)))
+        assert sorted(row[0] for row in rows) == sorted(  # one row per customer of the day, in scope
+            rules.universe(evaluation_context(store=store, as_of=as_of)).filter(pk__in=scope).values_list("pk", flat=True))
+        for index, tree in enumerate(checked):
+            got = {row[0] for row in rows if row[1 + index]}
+            assert got == oracle.member_ids(tree) & set(scope), (to_text(tree), as_of, "one statement")
         if as_of < today:
             # The snapshot walk's way: fact conditions read the day's aggregates from one table.
             from metrics import snapshots
