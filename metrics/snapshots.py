@@ -46,13 +46,13 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.bulk import temp_table_empty
+from ecpower.commerce.bulk import pairs_source, temp_table_empty
 from ecpower.commerce.models import Customer, CustomerTagEvent, Order, Store
 from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotLock, SnapshotMember, SnapshotSource
 from segments import changes, rules
 from segments.changes import Capture
 from segments.models import ChangeBaseline, ChangePurpose, Membership, Segment, SegmentKind, SegmentVersion
-from segments.selectors import dependency_order, evaluation_context, store_today
+from segments.selectors import dependency_order, dependency_waves, evaluation_context, store_today
 
 logger = logging.getLogger(__name__)
 
@@ -444,9 +444,14 @@ def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, resul
         return RawSQL(f"SELECT customer_id FROM {work} WHERE segment_id = %s", [done[slug]])
 
     context.evaluated = evaluated
-    for segment in segments:
-        key = keys.get(segment.pk)
+    for group in _evaluation_groups(segments, keys):
+        key = keys.get(group[0].pk)
         context.scope = RawSQL(f"SELECT customer_id FROM {DIRTY} WHERE bucket = %s", [key]) if key else None
+        if len(group) > 1:
+            _evaluate_together(cursor, store, group, key, context, result, notes, work=work)
+            done.update((segment.slug, segment.pk) for segment in group if segment.slug not in result.failed)
+            continue
+        segment = group[0]
         if segment.kind == SegmentKind.LIST:
             members = Membership.objects.filter(segment=segment, since__lte=day).values("customer_id")
         else:
@@ -470,6 +475,67 @@ def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, resul
         _changes_record(cursor, store, segment.pk, key, work=work)
         done[segment.slug] = segment.pk
     return notes
+
+
+def _evaluation_groups(segments: list[Segment], keys: dict[int, int]) -> list[list[Segment]]:
+    """``segments`` (in dependency order) in the order to evaluate them: condition segments of one wave
+    that evaluate the same customers (one key in ``keys``) together, the others one by one."""
+    groups: list[list[Segment]] = []
+    for wave in dependency_waves(segments):
+        together: dict[int, list[Segment]] = {}
+        for segment in wave:
+            key = keys.get(segment.pk)
+            if key is not None and segment.kind == SegmentKind.CONDITION:
+                together.setdefault(key, []).append(segment)
+            else:
+                groups.append([segment])
+        groups.extend(together.values())
+    return groups
+
+
+def _evaluate_together(cursor, store: Store, segments: list[Segment], key: int, context: rules.EvaluationContext,
+                       result: SnapshotResult, notes: dict[int, set[str]], *, work: str) -> None:
+    """Evaluate condition segments for the customers of ``key`` in ``DIRTY`` in one statement (the customers
+    read once: ``rules.verdicts_queryset``), then record their moves in ``CHANGES`` and apply them to
+    ``work``, as ``_changes_record`` does for one segment."""
+    trees, valid = [], []
+    for segment in segments:
+        try:
+            trees.append(rules.check(segment.rule))
+            valid.append(segment)
+        except rules.InvalidRule as exc:
+            result.failed[segment.slug] = str(exc)
+            logger.warning("snapshot of segment %s skipped: %s", segment.pk, exc)
+    if not valid:
+        return
+    context.notes = set()
+    approximated: list[set[str]] = []
+    members: dict[int, set[int]] = {segment.pk: set() for segment in valid}
+    for customer_id, *verdicts in rules.verdicts_queryset(trees, context, notes=approximated):
+        for segment, verdict in zip(valid, verdicts, strict=True):
+            if verdict:
+                members[segment.pk].add(customer_id)
+    notes.update((segment.pk, approximation) for segment, approximation in zip(valid, approximated, strict=True))
+    cursor.execute(f"SELECT segment_id, customer_id FROM {work} WHERE segment_id IN ({_ids(valid)}) "
+                   f"AND customer_id IN (SELECT customer_id FROM {DIRTY} WHERE bucket = %s)", [key])
+    stored: dict[int, set[int]] = {segment.pk: set() for segment in valid}
+    for segment_id, customer_id in cursor.fetchall():
+        stored[segment_id].add(customer_id)
+    joins = [(pk, c) for pk in members for c in sorted(members[pk] - stored[pk])]
+    leaves = [(pk, c) for pk in members for c in sorted(stored[pk] - members[pk])]
+    for pairs, joined in ((joins, 1), (leaves, 0)):
+        if pairs:
+            source, params = pairs_source(cursor, pairs)
+            cursor.execute(f"INSERT INTO {CHANGES} (segment_id, customer_id, joined) "
+                           f"SELECT p.segment_id, p.customer_id, %s FROM {source}", [joined, *params])
+    if leaves:
+        source, params = pairs_source(cursor, leaves)
+        cursor.execute(f"DELETE FROM {work} WHERE (segment_id, customer_id) IN "
+                       f"(SELECT p.segment_id, p.customer_id FROM {source})", params)
+    if joins:
+        source, params = pairs_source(cursor, joins)
+        cursor.execute(f"INSERT INTO {work} (store_id, segment_id, customer_id) "
+                       f"SELECT %s, p.segment_id, p.customer_id FROM {source}", [store.pk, *params])
 
 
 def _changes_record(cursor, store: Store, segment_id: int, key: int | None, *, work: str) -> None:

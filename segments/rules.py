@@ -579,7 +579,8 @@ def members_queryset(tree: dict, context: EvaluationContext) -> QuerySet:
     return universe(context).filter(compile_rule(tree, context))
 
 
-def verdicts_queryset(trees: Sequence[dict], context: EvaluationContext) -> QuerySet:
+def verdicts_queryset(trees: Sequence[dict], context: EvaluationContext, *, notes: list[set[str]] | None = None
+                      ) -> QuerySet:
     """Every rule's verdict on each customer of the universe, in one statement: rows of
     (customer id, verdict of ``trees[0]``, verdict of ``trees[1]``, …).
 
@@ -587,10 +588,16 @@ def verdicts_queryset(trees: Sequence[dict], context: EvaluationContext) -> Quer
     customer up again (10,000 index lookups even for a rule on the customer table alone) and each of
     its subqueries is joined to them; here the customers are read once and each subquery (scoped like
     the rule's) is run once and probed as a hash. A verdict is falsy where the rule's WHERE clause would
-    not hold (NULL included), so it equals ``members_queryset`` customer by customer.
+    not hold (NULL included), so it equals ``members_queryset`` customer by customer. ``notes``, when
+    given, receives what each rule approximated (``EvaluationContext.notes``), in order.
     """
-    verdicts = {f"v{index}": ExpressionWrapper(compile_rule(tree, context), output_field=BooleanField())
-                for index, tree in enumerate(trees)}
+    verdicts = {}
+    for index, tree in enumerate(trees):
+        before, context.notes = context.notes, set()
+        verdicts[f"v{index}"] = ExpressionWrapper(compile_rule(tree, context), output_field=BooleanField())
+        if notes is not None:
+            notes.append(set(context.notes))
+        context.notes = before | context.notes
     return universe(context).annotate(**verdicts).values_list("pk", *verdicts)
 
 

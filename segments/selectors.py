@@ -233,6 +233,20 @@ def dependency_order(segments: Iterable[Segment]) -> tuple[list[Segment], list[S
     return ordered, cyclic
 
 
+def dependency_waves(ordered: list[Segment]) -> list[list[Segment]]:
+    """Segments in dependency order (``dependency_order``) grouped so each group only refers to segments
+    of earlier groups: a group's segments can be evaluated together, or side by side."""
+    level: dict[str, int] = {}
+    waves: list[list[Segment]] = []
+    for segment in ordered:  # references come first
+        refs = rules.referenced_segments(segment.rule) if segment.kind == SegmentKind.CONDITION and segment.rule else set()
+        level[segment.slug] = 1 + max((level[r] for r in refs if r in level), default=-1)
+        if level[segment.slug] == len(waves):
+            waves.append([])
+        waves[level[segment.slug]].append(segment)
+    return waves
+
+
 def find_cycle(*, store: Store, slug: str, tree: dict) -> list[str] | None:
     """The chain of slugs that would loop back to ``slug`` if it had ``tree``, else None."""
     rules_by_slug = {

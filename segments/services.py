@@ -24,7 +24,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.bulk import temp_table_empty
+from ecpower.commerce.bulk import pairs_source, temp_table_empty
 from ecpower.commerce.models import Store
 from ecpower.commerce.services import customers_scope
 from segments import changes, rules
@@ -41,6 +41,7 @@ from segments.models import (
 from segments.query_language import parse, to_text
 from segments.selectors import (
     dependency_order,
+    dependency_waves,
     evaluation_context,
     find_cycle,
     segment_exists_checker,
@@ -54,8 +55,6 @@ CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
 STAGING_TABLE = "ecp_segment_staging"
 # Customers an incremental recompute is limited to (customers_segments_recompute).
 SCOPE_TABLE = "ecp_customer_scope"
-# (segment, customer) pairs an incremental update writes, outside PostgreSQL (_pairs_source).
-PAIRS_TABLE = "ecp_segment_pairs"
 # From this many customers on, an incremental recompute runs segments side by side on several
 # connections: each loads the scope once (docs/performance.md, "Incremental").
 SCOPED_SIDE_BY_SIDE_MIN = 1000
@@ -215,6 +214,10 @@ def segment_recompute(*, segment: Segment, as_of: dt.date | None = None, scope: 
         raise ValueError(_("Only condition segments are recomputed; list members change by explicit action."))
     if not _claim(segment):
         raise SegmentBusy(segment.slug)
+    return _claimed_recompute(segment, as_of, scope)
+
+
+def _claimed_recompute(segment: Segment, as_of: dt.date | None, scope: str | None) -> RecomputeResult:
     started = time.monotonic()
     try:
         with transaction.atomic():
@@ -224,19 +227,84 @@ def segment_recompute(*, segment: Segment, as_of: dt.date | None = None, scope: 
             members = rules.members_queryset(tree, context).values_list("id", flat=True)
             joined, left, count = membership_apply(segment, members, context.as_of, scope=scope)
     except Exception as exc:
-        Segment.objects.filter(pk=segment.pk).update(
-            status=SegmentStatus.FAILED, computing_started_at=None, last_error=str(exc)[:2000],
-            last_duration_ms=int((time.monotonic() - started) * 1000),
-        )
-        logger.exception("recompute of segment %s failed", segment.pk)
+        _failed(segment, exc, started)
         raise
+    return _succeeded(segment, context.as_of, count, joined, left, started)
+
+
+def _failed(segment: Segment, exc: Exception, started: float) -> None:
+    Segment.objects.filter(pk=segment.pk).update(
+        status=SegmentStatus.FAILED, computing_started_at=None, last_error=str(exc)[:2000],
+        last_duration_ms=int((time.monotonic() - started) * 1000),
+    )
+    logger.exception("recompute of segment %s failed", segment.pk)
+
+
+def _succeeded(segment: Segment, as_of: dt.date, count: int, joined: int, left: int, started: float
+               ) -> RecomputeResult:
     duration_ms = int((time.monotonic() - started) * 1000)
     Segment.objects.filter(pk=segment.pk).update(
         status=SegmentStatus.SUCCEEDED, computing_started_at=None, last_computed_at=timezone.now(),
-        last_computed_for=context.as_of, member_count=count, last_joined=joined, last_left=left,
+        last_computed_for=as_of, member_count=count, last_joined=joined, last_left=left,
         last_duration_ms=duration_ms, last_error="",
     )
-    return RecomputeResult(segment.pk, segment.slug, count, joined, left, duration_ms, context.as_of)
+    return RecomputeResult(segment.pk, segment.slug, count, joined, left, duration_ms, as_of)
+
+
+def segments_recompute_together(segments: list[Segment], *, scope: str) -> list[RecomputeResult | str]:
+    """Recompute ``segments`` (condition segments of one store, none referring to another) as of today
+    for the customers ``scope`` (SQL) selects, in one evaluation; returns each one's result, or its
+    error as text, in order.
+
+    One statement gives every rule's verdict on each of those customers (``rules.verdicts_queryset``),
+    one reads their memberships of all the segments, and the joins and leaves of all are written at
+    once (``_verdicts_apply``): the daily recompute's segments that evaluate the same customers. Each
+    segment is claimed and recorded as ``segment_recompute`` records it (they share the duration).
+    When the shared evaluation fails, they are recomputed one at a time, so each records its own error.
+    """
+    outcomes: dict[int, RecomputeResult | str] = {}
+    claimed = []
+    for segment in segments:
+        if _claim(segment):
+            claimed.append(segment)
+        else:
+            outcomes[segment.pk] = str(SegmentBusy(segment.slug))
+    started = time.monotonic()
+    moved = None
+    if claimed:
+        store = claimed[0].store
+        try:
+            with transaction.atomic():
+                context = evaluation_context(store=store, scope=RawSQL(scope, []))
+                trees = [rules.check(segment.rule) for segment in claimed]
+                members: dict[int, set[int]] = {segment.pk: set() for segment in claimed}
+                for customer_id, *verdicts in rules.verdicts_queryset(trees, context):
+                    for segment, verdict in zip(claimed, verdicts, strict=True):
+                        if verdict:
+                            members[segment.pk].add(customer_id)
+                moved = _verdicts_apply(store, members, scope, context.as_of)
+                counts = _members_count([segment.pk for segment in claimed])
+        except Exception:
+            logger.warning("evaluating %d segments together failed; recomputing them one at a time", len(claimed),
+                           exc_info=True)
+    for segment in claimed:
+        if moved is None:
+            try:
+                outcomes[segment.pk] = _claimed_recompute(segment, None, scope)
+            except Exception as exc:  # recorded on the segment; the others keep going
+                outcomes[segment.pk] = str(exc)
+            continue
+        joined, left = moved.get(segment.pk, (0, 0))
+        outcomes[segment.pk] = _succeeded(segment, context.as_of, counts.get(segment.pk, 0), joined, left, started)
+    return [outcomes[segment.pk] for segment in segments]
+
+
+def _members_count(segment_ids: list[int]) -> dict[int, int]:
+    segments_sql, params = rules.ids_condition("segment_id", segment_ids, connection.vendor)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT segment_id, COUNT(*) FROM {Membership._meta.db_table} WHERE {segments_sql} "
+                       "GROUP BY segment_id", params)
+        return dict(cursor.fetchall())
 
 
 def membership_apply(
@@ -367,7 +435,7 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
     results = []
     threads = settings.SEGMENT_RECOMPUTE_THREADS
     parallel = threads > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block
-    for wave in _waves([s for s in ordered if wanted is None or s.slug in wanted]):
+    for wave in dependency_waves([s for s in ordered if wanted is None or s.slug in wanted]):
         if parallel and len(wave) > 1:
             with ThreadPoolExecutor(max_workers=threads) as pool:
                 outcomes = list(pool.map(lambda s: _recompute_outcome(s, as_of, close=True), wave))
@@ -416,31 +484,26 @@ def store_segments_refresh(*, store: Store, scoped_share_max: float | None = Non
         done = store_segments_recompute(store=store)  # also reports segments caught in a cycle
     else:
         done = StoreRecompute(results=[], failed={})
-        for segment in ordered:
-            bucket = buckets.get(segment.pk)
-            scope = f"SELECT customer_id FROM {DIRTY_TABLE} WHERE bucket = {int(bucket)}" if bucket else None
-            outcome = _recompute_outcome(segment, None, scope=scope)
-            if isinstance(outcome, RecomputeResult):
-                done.results.append(outcome)
-            else:
-                done.failed[segment.slug] = outcome
+        for wave in dependency_waves(ordered):
+            # Segments that evaluate the same customers are evaluated together (one read of them).
+            by_bucket: dict[int | None, list[Segment]] = {}
+            for segment in wave:
+                by_bucket.setdefault(buckets.get(segment.pk), []).append(segment)
+            for bucket, group in by_bucket.items():
+                scope = f"SELECT customer_id FROM {DIRTY_TABLE} WHERE bucket = {int(bucket)}" if bucket else None
+                if scope is not None and len(group) > 1:
+                    outcomes = segments_recompute_together(group, scope=scope)
+                else:
+                    outcomes = [_recompute_outcome(segment, None, scope=scope) for segment in group]
+                for segment, outcome in zip(group, outcomes, strict=True):
+                    if isinstance(outcome, RecomputeResult):
+                        done.results.append(outcome)
+                    else:
+                        done.failed[segment.slug] = outcome
     with transaction.atomic(), connection.cursor() as cursor:
         number = changes.baseline_keep(cursor, store, taken)
         Segment.objects.filter(pk__in=[r.segment_id for r in done.results]).update(baseline=number)
     return done
-
-
-def _waves(ordered: list[Segment]) -> list[list[Segment]]:
-    """Segments grouped so each group only refers to segments of earlier groups."""
-    level: dict[str, int] = {}
-    waves: list[list[Segment]] = []
-    for segment in ordered:  # dependency order: references come first
-        refs = rules.referenced_segments(segment.rule) if segment.rule else set()
-        level[segment.slug] = 1 + max((level[r] for r in refs if r in level), default=-1)
-        if level[segment.slug] == len(waves):
-            waves.append([])
-        waves[level[segment.slug]].append(segment)
-    return waves
 
 
 def _recompute_outcome(segment: Segment, as_of: dt.date | None, *, close: bool = False, scope: str | None = None
@@ -599,14 +662,14 @@ def _verdicts_apply(store: Store, members: dict[int, set[int]], scope: Sequence[
         leaves = [(pk, c) for pk in segment_ids for c in sorted(stored[pk] - members[pk])]
         now = timezone.now()
         if leaves:
-            source, params = _pairs_source(cursor, leaves)
+            source, params = pairs_source(cursor, leaves)
             cursor.execute(f"DELETE FROM {membership} WHERE (segment_id, customer_id) IN "
                            f"(SELECT p.segment_id, p.customer_id FROM {source})", params)
             cursor.execute(f"INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at) "
                            f"SELECT %s, p.segment_id, p.customer_id, %s, %s, %s FROM {source}",
                            [store.pk, MembershipEventKind.LEFT, as_of, now, *params])
         if joins:
-            source, params = _pairs_source(cursor, joins)
+            source, params = pairs_source(cursor, joins)
             cursor.execute(f"INSERT INTO {membership} (store_id, segment_id, customer_id, since) "
                            f"SELECT %s, p.segment_id, p.customer_id, %s FROM {source}", [store.pk, as_of, *params])
             cursor.execute(f"INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at) "
@@ -617,18 +680,6 @@ def _verdicts_apply(store: Store, members: dict[int, set[int]], scope: Sequence[
         for segment_id, _customer_id in pairs:
             moved.setdefault(segment_id, [0, 0])[side] += 1
     return {pk: (counts[0], counts[1]) for pk, counts in moved.items()}
-
-
-def _pairs_source(cursor, pairs: list[tuple[int, int]]) -> tuple[str, list]:
-    """SQL naming (segment id, customer id) ``pairs`` as a table ``p``, and its parameters: on PostgreSQL
-    two array constants unnested side by side; elsewhere a temporary table filled with them."""
-    if connection.vendor == "postgresql":
-        return ("unnest(%s::bigint[], %s::bigint[]) AS p (segment_id, customer_id)",
-                [[segment_id for segment_id, _c in pairs], [customer_id for _s, customer_id in pairs]])
-    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {PAIRS_TABLE} (segment_id bigint, customer_id bigint)")
-    temp_table_empty(cursor, PAIRS_TABLE)
-    cursor.executemany(f"INSERT INTO {PAIRS_TABLE} (segment_id, customer_id) VALUES (%s, %s)", pairs)
-    return f"{PAIRS_TABLE} p", []
 
 
 def templates_add(*, store: Store, slugs: Iterable[str] | None = None, user=None) -> list[Segment]:

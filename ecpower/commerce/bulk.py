@@ -79,3 +79,20 @@ def temp_table_empty(cursor, table: str) -> None:
     snapshot step's evaluated members 20 times took 1.5 s with ``DELETE``). ``DELETE`` on SQLite.
     """
     cursor.execute(f"{'TRUNCATE' if connection.vendor == 'postgresql' else 'DELETE FROM'} {table}")
+
+
+# (segment, customer) pairs outside PostgreSQL (pairs_source).
+PAIRS_TABLE = "ecp_segment_pairs"
+
+
+def pairs_source(cursor, pairs: Sequence[tuple[int, int]]) -> tuple[str, list]:
+    """SQL naming (segment id, customer id) ``pairs`` as a table ``p`` for the statement that follows, and
+    its parameters: on PostgreSQL two array constants unnested side by side; elsewhere a temporary table
+    filled with them."""
+    if connection.vendor == "postgresql":
+        return ("unnest(%s::bigint[], %s::bigint[]) AS p (segment_id, customer_id)",
+                [[segment_id for segment_id, _c in pairs], [customer_id for _s, customer_id in pairs]])
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {PAIRS_TABLE} (segment_id bigint, customer_id bigint)")
+    temp_table_empty(cursor, PAIRS_TABLE)
+    cursor.executemany(f"INSERT INTO {PAIRS_TABLE} (segment_id, customer_id) VALUES (%s, %s)", list(pairs))
+    return f"{PAIRS_TABLE} p", []

@@ -260,7 +260,14 @@ def test_the_daily_recompute_equals_recomputing_everyone(monkeypatch, settings):
             scoped.append((services.store_today(segment.store), scope is not None))
         return recompute(segment=segment, as_of=as_of, scope=scope)
 
+    together = services.segments_recompute_together
+
+    def spy_together(segments, *, scope):  # the segments of one wave that evaluate the same customers
+        scoped.extend((services.store_today(s.store), True) for s in segments if s.store_id == shops[True].store.pk)
+        return together(segments, scope=scope)
+
     monkeypatch.setattr(services, "segment_recompute", spy)
+    monkeypatch.setattr(services, "segments_recompute_together", spy_together)
     monkeypatch.setattr(services, "SCOPED_SHARE_MAX", 1.0)  # a small store: every day has a large share
     moved = set()
     for n in range(DAYS):

@@ -24,6 +24,7 @@ from segments.services import (
     segment_duplicate,
     segment_recompute,
     segment_update,
+    segments_recompute_together,
     store_segments_recompute,
 )
 from tests.factories import CustomerFactory, OrderFactory, StoreFactory
@@ -257,6 +258,32 @@ def test_an_incremental_update_evaluates_every_segment_in_one_statement(store):
     assert events(segments["vip-buyers"]) == [(b.pk, "joined", store_today(store))]
     full = store_segments_recompute(store=store)
     assert not full.failed and not [r.slug for r in full.results if r.joined or r.left]
+
+
+def test_segments_recomputed_together_record_each_result_and_a_broken_rule_alone(store):
+    a, b = CustomerFactory(store=store), CustomerFactory(store=store)
+    buy(a, total=800), buy(b, total=800)
+    buyers = segment_create(store=store, name="buyers", slug="buyers", query="number_of_orders >= 1")
+    big = segment_create(store=store, name="big", slug="big", query="amount_spent >= 500")
+    segment_recompute(segment=big)
+    buy(b, total=5000)
+
+    results = segments_recompute_together([buyers, big], scope=f"SELECT id FROM commerce_customer WHERE id = {a.pk}")
+
+    # Only a was evaluated; each segment records its own result, and its members are counted.
+    assert [(r.slug, r.members, r.joined, r.left) for r in results] == [("buyers", 1, 1, 0), ("big", 2, 0, 0)]
+    assert (members(buyers), members(big)) == ({a.pk}, {a.pk, b.pk})
+    assert {s.slug: (s.status, s.member_count, s.last_joined) for s in Segment.objects.filter(store=store)} == {
+        "buyers": (SegmentStatus.SUCCEEDED, 1, 1), "big": (SegmentStatus.SUCCEEDED, 2, 0)}
+
+    broken = segment_create(store=store, name="broken", slug="broken", query="number_of_orders >= 2")
+    Segment.objects.filter(pk=broken.pk).update(rule={"field": "no_such_field", "op": ">=", "value": 1})
+    buy(a)
+    results = segments_recompute_together([Segment.objects.get(pk=broken.pk), buyers],
+                                          scope=f"SELECT id FROM commerce_customer WHERE id = {b.pk}")
+    assert "no_such_field" in results[0] and (results[1].members, results[1].joined) == (2, 1)
+    assert Segment.objects.get(pk=broken.pk).status == SegmentStatus.FAILED
+    assert members(buyers) == {a.pk, b.pk}
 
 
 @pytest.mark.django_db(transaction=True)
