@@ -46,7 +46,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.bulk import pairs_source, temp_table_empty
+from ecpower.commerce.bulk import pairs_diff, pairs_source, temp_table_empty
 from ecpower.commerce.models import Customer, CustomerTagEvent, Order, Store
 from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotLock, SnapshotMember, SnapshotSource
 from segments import changes, rules
@@ -510,32 +510,24 @@ def _evaluate_together(cursor, store: Store, segments: list[Segment], key: int, 
         return
     context.notes = set()
     approximated: list[set[str]] = []
-    members: dict[int, set[int]] = {segment.pk: set() for segment in valid}
-    for customer_id, *verdicts in rules.verdicts_queryset(trees, context, notes=approximated):
-        for segment, verdict in zip(valid, verdicts, strict=True):
-            if verdict:
-                members[segment.pk].add(customer_id)
+    found = rules.verdict_members(trees, context, notes=approximated)
     notes.update((segment.pk, approximation) for segment, approximation in zip(valid, approximated, strict=True))
     cursor.execute(f"SELECT segment_id, customer_id FROM {work} WHERE segment_id IN ({_ids(valid)}) "
                    f"AND customer_id IN (SELECT customer_id FROM {DIRTY} WHERE bucket = %s)", [key])
-    stored: dict[int, set[int]] = {segment.pk: set() for segment in valid}
-    for segment_id, customer_id in cursor.fetchall():
-        stored[segment_id].add(customer_id)
-    joins = [(pk, c) for pk in members for c in sorted(members[pk] - stored[pk])]
-    leaves = [(pk, c) for pk in members for c in sorted(stored[pk] - members[pk])]
+    joins, leaves = pairs_diff({segment.pk: chosen for segment, chosen in zip(valid, found, strict=True)},
+                               cursor.fetchall())
     for pairs, joined in ((joins, 1), (leaves, 0)):
-        if pairs:
-            source, params = pairs_source(cursor, pairs)
-            cursor.execute(f"INSERT INTO {CHANGES} (segment_id, customer_id, joined) "
-                           f"SELECT p.segment_id, p.customer_id, %s FROM {source}", [joined, *params])
-    if leaves:
-        source, params = pairs_source(cursor, leaves)
-        cursor.execute(f"DELETE FROM {work} WHERE (segment_id, customer_id) IN "
-                       f"(SELECT p.segment_id, p.customer_id FROM {source})", params)
-    if joins:
-        source, params = pairs_source(cursor, joins)
-        cursor.execute(f"INSERT INTO {work} (store_id, segment_id, customer_id) "
-                       f"SELECT %s, p.segment_id, p.customer_id FROM {source}", [store.pk, *params])
+        if not pairs:
+            continue
+        source, params = pairs_source(cursor, pairs)
+        cursor.execute(f"INSERT INTO {CHANGES} (segment_id, customer_id, joined) "
+                       f"SELECT p.segment_id, p.customer_id, %s FROM {source}", [joined, *params])
+        if joined:
+            cursor.execute(f"INSERT INTO {work} (store_id, segment_id, customer_id) "
+                           f"SELECT %s, p.segment_id, p.customer_id FROM {source}", [store.pk, *params])
+        else:
+            cursor.execute(f"DELETE FROM {work} WHERE (segment_id, customer_id) IN "
+                           f"(SELECT p.segment_id, p.customer_id FROM {source})", params)
 
 
 def _changes_record(cursor, store: Store, segment_id: int, key: int | None, *, work: str) -> None:

@@ -601,6 +601,17 @@ def verdicts_queryset(trees: Sequence[dict], context: EvaluationContext, *, note
     return universe(context).annotate(**verdicts).values_list("pk", *verdicts)
 
 
+def verdict_members(trees: Sequence[dict], context: EvaluationContext, *, notes: list[set[str]] | None = None
+                    ) -> list[set[int]]:
+    """The members of each rule among the universe's customers, in order, from ``verdicts_queryset``."""
+    members: list[set[int]] = [set() for _tree in trees]
+    for customer_id, *verdicts in verdicts_queryset(trees, context, notes=notes):
+        for chosen, verdict in zip(members, verdicts, strict=True):
+            if verdict:
+                chosen.add(customer_id)
+    return members
+
+
 def compile_rule(tree: dict, context: EvaluationContext) -> Q:
     if "and" in tree:
         return _combine([compile_rule(child, context) for child in tree["and"]], operator.and_)

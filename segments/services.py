@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.bulk import pairs_source, temp_table_empty
+from ecpower.commerce.bulk import pairs_diff, pairs_source, temp_table_empty
 from ecpower.commerce.models import Store
 from ecpower.commerce.services import customers_scope
 from segments import changes, rules
@@ -276,12 +277,8 @@ def segments_recompute_together(segments: list[Segment], *, scope: str) -> list[
         try:
             with transaction.atomic():
                 context = evaluation_context(store=store, scope=RawSQL(scope, []))
-                trees = [rules.check(segment.rule) for segment in claimed]
-                members: dict[int, set[int]] = {segment.pk: set() for segment in claimed}
-                for customer_id, *verdicts in rules.verdicts_queryset(trees, context):
-                    for segment, verdict in zip(claimed, verdicts, strict=True):
-                        if verdict:
-                            members[segment.pk].add(customer_id)
+                found = rules.verdict_members([rules.check(segment.rule) for segment in claimed], context)
+                members = {segment.pk: chosen for segment, chosen in zip(claimed, found, strict=True)}
                 moved = _verdicts_apply(store, members, scope, context.as_of)
                 counts = _members_count([segment.pk for segment in claimed])
         except Exception:
@@ -604,11 +601,8 @@ def _scoped_group_apply(segments: list[Segment], store: Store, scope: Sequence[i
     context.inline_segments = True
     try:
         with transaction.atomic():
-            members: dict[int, set[int]] = {segment.pk: set() for segment in segments}
-            for customer_id, *verdicts in rules.verdicts_queryset([s.rule for s in segments], context):
-                for segment, verdict in zip(segments, verdicts, strict=True):
-                    if verdict:
-                        members[segment.pk].add(customer_id)
+            found = rules.verdict_members([segment.rule for segment in segments], context)
+            members = {segment.pk: chosen for segment, chosen in zip(segments, found, strict=True)}
             moved = _verdicts_apply(store, members, scope, as_of)
             for segment_id, (joined, left) in moved.items():
                 # Moved, not counted again: reading every member's index entry was 20–60 ms a segment at 1M
@@ -655,11 +649,7 @@ def _verdicts_apply(store: Store, members: dict[int, set[int]], scope: Sequence[
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT segment_id, customer_id FROM {membership} WHERE {segments_sql} AND {scope_sql}",
                        [*segments_params, *scope_params])
-        stored: dict[int, set[int]] = {pk: set() for pk in segment_ids}
-        for segment_id, customer_id in cursor.fetchall():
-            stored[segment_id].add(customer_id)
-        joins = [(pk, c) for pk in segment_ids for c in sorted(members[pk] - stored[pk])]
-        leaves = [(pk, c) for pk in segment_ids for c in sorted(stored[pk] - members[pk])]
+        joins, leaves = pairs_diff(members, cursor.fetchall())
         now = timezone.now()
         if leaves:
             source, params = pairs_source(cursor, leaves)
@@ -675,11 +665,8 @@ def _verdicts_apply(store: Store, members: dict[int, set[int]], scope: Sequence[
             cursor.execute(f"INSERT INTO {events} (store_id, segment_id, customer_id, kind, date, created_at) "
                            f"SELECT %s, p.segment_id, p.customer_id, %s, %s, %s FROM {source}",
                            [store.pk, MembershipEventKind.JOINED, as_of, now, *params])
-    moved: dict[int, list[int]] = {}
-    for pairs, side in ((joins, 0), (leaves, 1)):
-        for segment_id, _customer_id in pairs:
-            moved.setdefault(segment_id, [0, 0])[side] += 1
-    return {pk: (counts[0], counts[1]) for pk, counts in moved.items()}
+    joined, left = Counter(s for s, _c in joins), Counter(s for s, _c in leaves)
+    return {pk: (joined[pk], left[pk]) for pk in joined | left}
 
 
 def templates_add(*, store: Store, slugs: Iterable[str] | None = None, user=None) -> list[Segment]:

@@ -96,3 +96,15 @@ def pairs_source(cursor, pairs: Sequence[tuple[int, int]]) -> tuple[str, list]:
     temp_table_empty(cursor, PAIRS_TABLE)
     cursor.executemany(f"INSERT INTO {PAIRS_TABLE} (segment_id, customer_id) VALUES (%s, %s)", list(pairs))
     return f"{PAIRS_TABLE} p", []
+
+
+def pairs_diff(wanted: dict[int, set[int]], stored: Iterable[tuple[int, int]]
+               ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(pairs to add, pairs to remove) so the stored (segment id, customer id) ``stored`` pairs of the
+    segments in ``wanted`` become ``wanted`` ({segment id: customer ids}); each list sorted."""
+    have: dict[int, set[int]] = {segment_id: set() for segment_id in wanted}
+    for segment_id, customer_id in stored:
+        have[segment_id].add(customer_id)
+    ordered = sorted(wanted)
+    return ([(s, c) for s in ordered for c in sorted(wanted[s] - have[s])],
+            [(s, c) for s in ordered for c in sorted(have[s] - wanted[s])])
