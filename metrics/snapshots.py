@@ -446,7 +446,7 @@ def _evaluate(cursor, store: Store, segments: list[Segment], day: dt.date, resul
     context.evaluated = evaluated
     for group in _evaluation_groups(segments, keys):
         key = keys.get(group[0].pk)
-        context.scope = RawSQL(f"SELECT customer_id FROM {DIRTY} WHERE bucket = %s", [key]) if key else None
+        context.scope = RawSQL(changes.bucket_scope(DIRTY, key), []) if key else None
         if len(group) > 1:
             _evaluate_together(cursor, store, group, key, context, result, notes, work=work)
             done.update((segment.slug, segment.pk) for segment in group if segment.slug not in result.failed)
@@ -513,7 +513,7 @@ def _evaluate_together(cursor, store: Store, segments: list[Segment], key: int, 
     found = rules.verdict_members(trees, context, notes=approximated)
     notes.update((segment.pk, approximation) for segment, approximation in zip(valid, approximated, strict=True))
     cursor.execute(f"SELECT segment_id, customer_id FROM {work} WHERE segment_id IN ({_ids(valid)}) "
-                   f"AND customer_id IN (SELECT customer_id FROM {DIRTY} WHERE bucket = %s)", [key])
+                   f"AND customer_id IN ({changes.bucket_scope(DIRTY, key)})")
     joins, leaves = pairs_diff({segment.pk: chosen for segment, chosen in zip(valid, found, strict=True)},
                                cursor.fetchall())
     for pairs, joined in ((joins, 1), (leaves, 0)):
@@ -533,7 +533,7 @@ def _evaluate_together(cursor, store: Store, segments: list[Segment], key: int, 
 def _changes_record(cursor, store: Store, segment_id: int, key: int | None, *, work: str) -> None:
     """Diff ``NEW`` against the segment's rows of ``work`` into ``CHANGES`` (only for the customers of
     ``key`` in ``DIRTY`` when given), then apply it to ``work``."""
-    scope = f" AND w.customer_id IN (SELECT customer_id FROM {DIRTY} WHERE bucket = {int(key)})" if key else ""
+    scope = f" AND w.customer_id IN ({changes.bucket_scope(DIRTY, key)})" if key else ""
     cursor.execute(
         f"""INSERT INTO {CHANGES} (segment_id, customer_id, joined)
             SELECT %s, n.customer_id, 1 FROM {NEW} n WHERE NOT EXISTS (

@@ -200,12 +200,21 @@ def referring_to(segments: list[Segment], everyone: set[int]) -> set[int]:
     return found - everyone
 
 
+# The bucket of the customers who changed since the baseline: in every scoped segment's evaluation.
+CHANGED_BUCKET = 1
+
+
 def dirty_fill(cursor, store: Store, table: str, segments: list[Segment], everyone: set[int],
                sweeps: Callable[[Segment], tuple[dt.date, dt.date]], changed: tuple[str, list]) -> dict[int, int]:
     """Fill ``table`` (bucket, customer_id) with, per segment not in ``everyone``, the customers whose
     verdicts may move: ``changed`` (SQL selecting customer ids) plus whoever has an order (or a
     sign-up) in a span one of its relative dates sweeps between the two days ``sweeps(segment)``
-    gives, or one of the segments it refers to does. Returns {segment id: its bucket}.
+    gives, or one of the segments it refers to does. Returns {segment id: its bucket}; a segment's
+    customers are ``bucket_scope(table, bucket)``.
+
+    The changed customers are written once (``CHANGED_BUCKET``), and each set of spans gets a bucket of
+    the others it adds: with the changed copied into every bucket, eight buckets wrote eight copies of
+    them (docs/performance.md).
     """
     zone = store.zone
 
@@ -215,34 +224,45 @@ def dirty_fill(cursor, store: Store, table: str, segments: list[Segment], everyo
     cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} "
                    "(bucket integer, customer_id bigint, PRIMARY KEY (bucket, customer_id))")
     temp_table_empty(cursor, table)
-    changed_sql, changed_params = changed
     spans: dict[str, tuple[frozenset, frozenset]] = {}
-    buckets: dict[tuple[frozenset, frozenset], int] = {}
+    buckets: dict[tuple[frozenset, frozenset], int] = {(frozenset(), frozenset()): CHANGED_BUCKET}
     chosen: dict[int, int] = {}
     adapt = connection.ops.adapt_datetimefield_value
     for segment in segments:  # dependency order: references come first
         if segment.pk in everyone or segment.kind != SegmentKind.CONDITION:
             continue
+        if not chosen:
+            changed_sql, changed_params = changed
+            cursor.execute(f"INSERT INTO {table} (bucket, customer_id) SELECT DISTINCT {CHANGED_BUCKET}, "
+                           f"u.customer_id FROM ({changed_sql}) u", changed_params)
         orders, added = edges(segment.rule, *sweeps(segment), start)
         for ref in rules.referenced_segments(segment.rule):
             orders, added = orders | spans[ref][0], added | spans[ref][1]
         spans[segment.slug] = (orders, added)
         if (orders, added) not in buckets:
             bucket = buckets[(orders, added)] = len(buckets) + 1
-            parts, params = [changed_sql], list(changed_params)
+            parts, params = [], []
             for model, column, time_column, chosen_spans in ((Order, "customer_id", "created_at", orders),
                                                              (Customer, "id", "shopify_created_at", added)):
                 if chosen_spans:
                     test = " OR ".join(f"({time_column} >= %s AND {time_column} < %s)" for _span in chosen_spans)
-                    parts.append(f"SELECT {column} FROM {model._meta.db_table} WHERE store_id = %s "
+                    parts.append(f"SELECT {column} AS customer_id FROM {model._meta.db_table} WHERE store_id = %s "
                                  f"AND {column} IS NOT NULL AND ({test})")
                     params += [store.pk, *(adapt(bound) for span in sorted(chosen_spans) for bound in span)]
-            cursor.execute(f"INSERT INTO {table} (bucket, customer_id) SELECT %s, u.customer_id FROM ("
-                           + " UNION ".join(parts) + ") u", [bucket, *params])
+            cursor.execute(f"INSERT INTO {table} (bucket, customer_id) SELECT DISTINCT {bucket}, u.customer_id FROM ("
+                           + " UNION ".join(parts) + f") u WHERE NOT EXISTS (SELECT 1 FROM {table} c "
+                           f"WHERE c.bucket = {CHANGED_BUCKET} AND c.customer_id = u.customer_id)", params)
         chosen[segment.pk] = buckets[(orders, added)]
     if connection.vendor == "postgresql":
         cursor.execute(f"ANALYZE {table}")
     return chosen
+
+
+def bucket_scope(table: str, bucket: int) -> str:
+    """SQL selecting the customers a segment of ``bucket`` (``dirty_fill``) evaluates."""
+    if bucket == CHANGED_BUCKET:
+        return f"SELECT customer_id FROM {table} WHERE bucket = {CHANGED_BUCKET}"
+    return f"SELECT customer_id FROM {table} WHERE bucket IN ({CHANGED_BUCKET}, {int(bucket)})"
 
 
 def dirty_share(cursor, table: str, buckets: dict[int, int], customers: int) -> float:
@@ -251,7 +271,9 @@ def dirty_share(cursor, table: str, buckets: dict[int, int], customers: int) -> 
         return 0.0
     cursor.execute(f"SELECT bucket, COUNT(*) FROM {table} GROUP BY bucket")
     sizes = dict(cursor.fetchall())
-    return sum(sizes.get(bucket, 0) for bucket in buckets.values()) / len(buckets) / max(customers, 1)
+    changed = sizes.get(CHANGED_BUCKET, 0)
+    return sum(changed + (sizes.get(bucket, 0) if bucket != CHANGED_BUCKET else 0)
+               for bucket in buckets.values()) / len(buckets) / max(customers, 1)
 
 
 def edges(tree: dict, before: dt.date, after: dt.date, start: Callable[[dt.date], dt.datetime]

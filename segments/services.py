@@ -487,7 +487,7 @@ def store_segments_refresh(*, store: Store, scoped_share_max: float | None = Non
             for segment in wave:
                 by_bucket.setdefault(buckets.get(segment.pk), []).append(segment)
             for bucket, group in by_bucket.items():
-                scope = f"SELECT customer_id FROM {DIRTY_TABLE} WHERE bucket = {int(bucket)}" if bucket else None
+                scope = changes.bucket_scope(DIRTY_TABLE, bucket) if bucket else None
                 if scope is not None and len(group) > 1:
                     outcomes = segments_recompute_together(group, scope=scope)
                 else:

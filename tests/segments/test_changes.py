@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from ecpower.commerce.models import Customer
 from segments import changes
-from tests.factories import CustomerFactory, StoreFactory
+from tests.factories import CustomerFactory, OrderFactory, StoreFactory
 
 TABLE = "ecp_test_digests"
 
@@ -60,3 +60,42 @@ def test_a_change_and_its_undoing_compare_equal_to_the_baseline(db):
     assert set(captured(store)) == {customer.pk}
     Customer.objects.filter(pk=customer.pk).update(city="Kyoto", first_order_at=None)
     assert captured(store) == {}
+
+
+def scoped(table: str, bucket: int) -> list[int]:
+    with connection.cursor() as cursor:
+        cursor.execute(changes.bucket_scope(table, bucket))
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def test_each_segment_evaluates_the_changed_customers_and_those_its_relative_dates_sweep(db):
+    from ecpower.commerce.services import customer_facts_refresh
+    from segments.selectors import store_today
+    from segments.services import segment_create
+
+    store = StoreFactory()
+    today = store_today(store)
+    noon = dt.time(12)
+    changed, on_the_edge, both, idle = (CustomerFactory(store=store) for _ in range(4))
+    for customer in (on_the_edge, both):  # an order on the day "last order before 90 days ago" sweeps tomorrow
+        OrderFactory(store=store, customer=customer,
+                     created_at=dt.datetime.combine(today - dt.timedelta(days=90), noon, tzinfo=store.zone))
+    OrderFactory(store=store, customer=idle, created_at=dt.datetime.combine(today - dt.timedelta(days=30), noon,
+                                                                            tzinfo=store.zone))
+    customer_facts_refresh(store=store)
+    keep(store)
+    Customer.objects.filter(pk__in=[changed.pk, both.pk]).update(city="Nara")
+    taken = changes.capture(store, "recompute", TABLE)
+    baseline = changes.ChangeBaseline.objects.get(store=store, purpose="recompute")
+    spending = segment_create(store=store, name="Spenders", slug="spenders", query="amount_spent >= 1000")
+    dormant = segment_create(store=store, name="Dormant", slug="dormant", query="last_order_date < -90d")
+    with connection.cursor() as cursor:
+        buckets = changes.dirty_fill(cursor, store, "ecp_test_dirty", [spending, dormant], set(),
+                                     lambda _segment: (today, today + dt.timedelta(days=1)),
+                                     changes.changed_since_sql(store, taken, baseline))
+        assert changes.dirty_share(cursor, "ecp_test_dirty", buckets, 4) == (2 / 4 + 3 / 4) / 2
+
+    assert buckets[spending.pk] == changes.CHANGED_BUCKET
+    assert scoped("ecp_test_dirty", buckets[spending.pk]) == sorted([changed.pk, both.pk])
+    # The changed customers once, and the customer the sweep adds: nobody twice, the idle one not at all.
+    assert scoped("ecp_test_dirty", buckets[dormant.pk]) == sorted([changed.pk, both.pk, on_the_edge.pk])
