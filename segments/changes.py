@@ -228,13 +228,12 @@ def dirty_fill(cursor, store: Store, table: str, segments: list[Segment], everyo
     buckets: dict[tuple[frozenset, frozenset], int] = {(frozenset(), frozenset()): CHANGED_BUCKET}
     chosen: dict[int, int] = {}
     adapt = connection.ops.adapt_datetimefield_value
-    for segment in segments:  # dependency order: references come first
-        if segment.pk in everyone or segment.kind != SegmentKind.CONDITION:
-            continue
-        if not chosen:
-            changed_sql, changed_params = changed
-            cursor.execute(f"INSERT INTO {table} (bucket, customer_id) SELECT DISTINCT {CHANGED_BUCKET}, "
-                           f"u.customer_id FROM ({changed_sql}) u", changed_params)
+    scoped = [s for s in segments if s.pk not in everyone and s.kind == SegmentKind.CONDITION]
+    if scoped:
+        changed_sql, changed_params = changed
+        cursor.execute(f"INSERT INTO {table} (bucket, customer_id) SELECT DISTINCT {CHANGED_BUCKET}, "
+                       f"u.customer_id FROM ({changed_sql}) u", changed_params)
+    for segment in scoped:  # dependency order: references come first
         orders, added = edges(segment.rule, *sweeps(segment), start)
         for ref in rules.referenced_segments(segment.rule):
             orders, added = orders | spans[ref][0], added | spans[ref][1]
@@ -272,8 +271,8 @@ def dirty_share(cursor, table: str, buckets: dict[int, int], customers: int) -> 
     cursor.execute(f"SELECT bucket, COUNT(*) FROM {table} GROUP BY bucket")
     sizes = dict(cursor.fetchall())
     changed = sizes.get(CHANGED_BUCKET, 0)
-    return sum(changed + (sizes.get(bucket, 0) if bucket != CHANGED_BUCKET else 0)
-               for bucket in buckets.values()) / len(buckets) / max(customers, 1)
+    evaluated = (changed + (sizes.get(bucket, 0) if bucket != CHANGED_BUCKET else 0) for bucket in buckets.values())
+    return sum(evaluated) / len(buckets) / max(customers, 1)
 
 
 def edges(tree: dict, before: dt.date, after: dt.date, start: Callable[[dt.date], dt.datetime]

@@ -8,7 +8,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from ecpower.commerce.models import Customer
+from ecpower.commerce.services import customer_facts_refresh
 from segments import changes
+from segments.models import ChangeBaseline
+from segments.selectors import store_today
+from segments.services import segment_create
 from tests.factories import CustomerFactory, OrderFactory, StoreFactory
 
 TABLE = "ecp_test_digests"
@@ -69,10 +73,6 @@ def scoped(table: str, bucket: int) -> list[int]:
 
 
 def test_each_segment_evaluates_the_changed_customers_and_those_its_relative_dates_sweep(db):
-    from ecpower.commerce.services import customer_facts_refresh
-    from segments.selectors import store_today
-    from segments.services import segment_create
-
     store = StoreFactory()
     today = store_today(store)
     noon = dt.time(12)
@@ -86,7 +86,7 @@ def test_each_segment_evaluates_the_changed_customers_and_those_its_relative_dat
     keep(store)
     Customer.objects.filter(pk__in=[changed.pk, both.pk]).update(city="Nara")
     taken = changes.capture(store, "recompute", TABLE)
-    baseline = changes.ChangeBaseline.objects.get(store=store, purpose="recompute")
+    baseline = ChangeBaseline.objects.get(store=store, purpose="recompute")
     spending = segment_create(store=store, name="Spenders", slug="spenders", query="amount_spent >= 1000")
     dormant = segment_create(store=store, name="Dormant", slug="dormant", query="last_order_date < -90d")
     with connection.cursor() as cursor:
