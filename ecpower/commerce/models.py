@@ -108,7 +108,9 @@ class Customer(models.Model):
     shopify_created_at = models.DateTimeField(_("created in Shopify"), null=True, blank=True)
     shopify_updated_at = models.DateTimeField(_("updated in Shopify"), null=True, blank=True)
 
-    # Facts derived from counted orders by services.customer_facts_refresh (docs/data-model.md).
+    # Facts derived from counted orders by services.customer_facts_refresh (docs/data-model.md). No index
+    # reads them and the table's pages keep a tenth free (migration 0011, PostgreSQL), so a refresh updates
+    # the row in place without writing index entries.
     orders_count = models.PositiveIntegerField(_("number of orders"), default=0)
     amount_spent = models.DecimalField(_("amount spent"), default=0, **MONEY)
     average_order_value = models.DecimalField(_("average order value"), null=True, blank=True, **MONEY)
