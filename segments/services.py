@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -203,11 +204,12 @@ def _claim(segment: Segment) -> bool:
     return claimed == 1
 
 
-def segment_recompute(*, segment: Segment, as_of: dt.date | None = None, scope: str | None = None
-                      ) -> RecomputeResult:
+def segment_recompute(*, segment: Segment, as_of: dt.date | None = None, scope: str | None = None,
+                      lines: rules.LineSummary | None = None) -> RecomputeResult:
     """Evaluate ``segment`` as of ``as_of`` (default: today in the store's zone) and store the diff.
 
     ``scope``: SQL selecting the only customers to evaluate (the others keep their membership).
+    ``lines``: a written line summary (``rules.line_summary_create``) its products_purchased conditions read.
     Raises ``SegmentBusy`` when another worker holds it; records any error on the segment and
     re-raises it, leaving the previous membership untouched.
     """
@@ -215,15 +217,17 @@ def segment_recompute(*, segment: Segment, as_of: dt.date | None = None, scope: 
         raise ValueError(_("Only condition segments are recomputed; list members change by explicit action."))
     if not _claim(segment):
         raise SegmentBusy(segment.slug)
-    return _claimed_recompute(segment, as_of, scope)
+    return _claimed_recompute(segment, as_of, scope, lines)
 
 
-def _claimed_recompute(segment: Segment, as_of: dt.date | None, scope: str | None) -> RecomputeResult:
+def _claimed_recompute(segment: Segment, as_of: dt.date | None, scope: str | None,
+                       lines: rules.LineSummary | None = None) -> RecomputeResult:
     started = time.monotonic()
     try:
         with transaction.atomic():
             context = evaluation_context(store=segment.store, as_of=as_of,
                                          scope=RawSQL(scope, []) if scope else None)
+            context.line_summary = lines
             tree = rules.check(segment.rule)
             members = rules.members_queryset(tree, context).values_list("id", flat=True)
             joined, left, count = membership_apply(segment, members, context.as_of, scope=scope)
@@ -432,18 +436,67 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
     results = []
     threads = settings.SEGMENT_RECOMPUTE_THREADS
     parallel = threads > 1 and connection.vendor == "postgresql" and not connection.in_atomic_block
-    for wave in dependency_waves([s for s in ordered if wanted is None or s.slug in wanted]):
-        if parallel and len(wave) > 1:
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                outcomes = list(pool.map(lambda s: _recompute_outcome(s, as_of, close=True), wave))
-        else:
-            outcomes = [_recompute_outcome(s, as_of) for s in wave]
-        for segment, outcome in zip(wave, outcomes, strict=True):
-            if isinstance(outcome, RecomputeResult):
-                results.append(outcome)
+    todo = [s for s in ordered if wanted is None or s.slug in wanted]
+    # The products_purchased conditions of every segment, answered from one pass over the line items
+    # written to a table all connections read (rules.line_summary_create), instead of one pass each.
+    line_segments = {s.pk for s in todo if rules.reads_lines(s.rule)}
+    table = f"{rules.LineSummary.TABLE}_{uuid.uuid4().hex[:16]}" if (
+        connection.vendor == "postgresql" and len(line_segments) > 1) else None
+    pool = ThreadPoolExecutor(max_workers=threads) if parallel else None
+    try:
+        summary = _line_summary_start(store, as_of, [s for s in todo if s.pk in line_segments], table, pool)
+        for wave in dependency_waves(todo):
+            # Segments reading line items last, so the other connection works while the summary is written.
+            wave = sorted(wave, key=lambda s: s.pk in line_segments)
+
+            def recompute(segment, close):
+                lines = summary.result() if summary is not None and segment.pk in line_segments else None
+                return _recompute_outcome(segment, as_of, close=close, lines=lines)
+
+            if pool is not None and len(wave) > 1:
+                outcomes = list(pool.map(lambda s: recompute(s, True), wave))
             else:
-                failed[segment.slug] = outcome
+                outcomes = [recompute(s, False) for s in wave]
+            for segment, outcome in zip(wave, outcomes, strict=True):
+                if isinstance(outcome, RecomputeResult):
+                    results.append(outcome)
+                else:
+                    failed[segment.slug] = outcome
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if table is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
     return StoreRecompute(results=results, failed=failed)
+
+
+def _line_summary_start(store: Store, as_of: dt.date | None, segments: list[Segment], table: str | None,
+                        pool: ThreadPoolExecutor | None) -> Future | None:
+    """Write the line summary of ``segments`` to ``table`` (on the pool when given, first in its queue);
+    the future's result is the summary, or None when it could not be written (the segments then read
+    line items themselves)."""
+    if table is None:
+        return None
+
+    def create() -> rules.LineSummary | None:
+        try:
+            # A savepoint inside a transaction: a summary that fails leaves the transaction usable.
+            with transaction.atomic():
+                context = evaluation_context(store=store, as_of=as_of)
+                return rules.line_summary_create([rules.check(s.rule) for s in segments], context, table)
+        except Exception:
+            logger.warning("the line summary of %d segments could not be written", len(segments), exc_info=True)
+            return None
+        finally:
+            if pool is not None:
+                connection.close()  # this thread's own connection
+
+    if pool is not None:
+        return pool.submit(create)
+    done: Future = Future()
+    done.set_result(create())
+    return done
 
 
 def store_segments_refresh(*, store: Store, scoped_share_max: float | None = None) -> StoreRecompute:
@@ -503,10 +556,10 @@ def store_segments_refresh(*, store: Store, scoped_share_max: float | None = Non
     return done
 
 
-def _recompute_outcome(segment: Segment, as_of: dt.date | None, *, close: bool = False, scope: str | None = None
-                       ) -> RecomputeResult | str:
+def _recompute_outcome(segment: Segment, as_of: dt.date | None, *, close: bool = False, scope: str | None = None,
+                       lines: rules.LineSummary | None = None) -> RecomputeResult | str:
     try:
-        return segment_recompute(segment=segment, as_of=as_of, scope=scope)
+        return segment_recompute(segment=segment, as_of=as_of, scope=scope, lines=lines)
     except Exception as exc:  # recorded on the segment by segment_recompute; the others keep going
         return str(exc)
     finally:

@@ -6,12 +6,16 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from ecpower.commerce.models import CustomerTag, LineItem, Order, ProductTag
 from ecpower.commerce.services import customer_facts_refresh
+from segments import rules
+from segments.models import Membership
 from segments.query_language import parse
-from segments.selectors import rule_members, store_today
-from segments.services import segment_create, segment_recompute
+from segments.selectors import evaluation_context, rule_members, store_today
+from segments.services import segment_create, segment_recompute, store_segments_recompute
 from tests.factories import CustomerFactory, ProductFactory, StoreFactory
 
 
@@ -154,6 +158,56 @@ def test_condition_selects_the_expected_customers(shop, query, expected):
     names = {c.pk: name for name, c in people.items()}
     got = {names[pk] for pk in rule_members(store=store, tree=parse(query)).values_list("pk", flat=True)}
     assert got == expected
+
+
+def test_every_condition_in_one_statement_selects_the_same_customers(shop):
+    """An incremental update evaluates all rules at once (``verdict_rows``); its products_purchased
+    conditions then share one grouped read of the line items, and must select what each does alone."""
+    store, people = shop
+    names = {c.pk: name for name, c in people.items()}
+    trees = [rules.check(parse(query)) for query, _expected in CASES]
+    context = evaluation_context(store=store, scope=[c.pk for c in people.values()])
+    with CaptureQueriesContext(connection) as captured:
+        rows = rules.verdict_rows(trees, context)
+    assert sorted(names[row[0]] for row in rows) == sorted(names.values())
+    for index, (query, expected) in enumerate(CASES):
+        assert {names[row[0]] for row in rows if row[1 + index]} == expected, query
+    statement = captured.captured_queries[-1]["sql"]
+    assert statement.count(f'FROM "{LineItem._meta.db_table}"') == 1  # one read of the lines for 13 conditions
+
+
+PRODUCT_CASES = [(query, expected) for query, expected in CASES if query.startswith("products_purchased")]
+
+
+def _product_segments_recomputed(shop):
+    store, people = shop
+    names = {c.pk: name for name, c in people.items()}
+    segments = [segment_create(store=store, name=f"p{n}", slug=f"p{n}", query=q) for n, (q, _e) in enumerate(PRODUCT_CASES)]
+    with CaptureQueriesContext(connection) as captured:
+        outcome = store_segments_recompute(store=store)
+    assert not outcome.failed
+    for segment, (query, expected) in zip(segments, PRODUCT_CASES, strict=True):
+        got = set(Membership.objects.filter(segment=segment).values_list("customer_id", flat=True))
+        assert {names[pk] for pk in got} == expected, query
+    if connection.vendor == "postgresql":  # the summary table is dropped, whatever happened
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT COUNT(*) FROM pg_class WHERE relname LIKE %s", [f"{rules.LineSummary.TABLE}%"])
+            assert cursor.fetchone()[0] == 0
+    return [q["sql"] for q in captured.captured_queries]
+
+
+def test_a_store_recompute_reads_the_lines_once_for_all_its_product_segments(shop):
+    statements = _product_segments_recomputed(shop)
+    reading = [sql for sql in statements if f'FROM "{LineItem._meta.db_table}"' in sql]
+    if connection.vendor == "postgresql":  # one pass writes the summary every segment reads
+        assert len(reading) == 1 and reading[0].startswith(f"CREATE UNLOGGED TABLE {rules.LineSummary.TABLE}_")
+    else:  # SQLite: each segment reads the lines itself
+        assert len(reading) == len(PRODUCT_CASES)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_store_recompute_side_by_side_shares_the_line_summary_between_connections(shop):
+    _product_segments_recomputed(shop)
 
 
 def test_in_segment_reads_the_other_segments_membership(shop):

@@ -237,7 +237,7 @@ class CompiledRulesAgreeWithTheOracle(TestCase):
         # (one of another store's among them, never selected).
         checked = [rules.check(tree) for tree in many]
         scope = [*store.customers.order_by("pk").values_list("pk", flat=True)[:3], other.pk]
-        rows = list(rules.verdicts_queryset(checked, evaluation_context(store=store, as_of=as_of, scope=scope)))
+        rows = rules.verdict_rows(checked, evaluation_context(store=store, as_of=as_of, scope=scope))
         assert sorted(row[0] for row in rows) == sorted(  # one row per customer of the day, in scope
             rules.universe(evaluation_context(store=store, as_of=as_of)).filter(pk__in=scope).values_list("pk", flat=True))
         for index, tree in enumerate(checked):
