@@ -423,7 +423,10 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
     segments caught in a reference cycle are refused. On PostgreSQL, segments that do not depend on
     each other run side by side on ``SEGMENT_RECOMPUTE_THREADS`` connections (each its own
     transaction), so a worker uses more than one core; inside an outer transaction they run one
-    after another, since other connections could not see its rows.
+    after another, since other connections could not see its rows. On PostgreSQL the
+    ``products_purchased`` conditions of all the segments are answered from one read of the line items
+    (``rules.line_summary_create``), written while the other connection evaluates the segments that
+    read none; if it cannot be written, each segment reads the lines itself.
     """
     segments = Segment.objects.filter(store=store, kind=SegmentKind.CONDITION)
     ordered, cyclic = dependency_order(segments)

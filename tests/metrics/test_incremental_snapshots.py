@@ -255,10 +255,10 @@ def test_the_daily_recompute_equals_recomputing_everyone(monkeypatch, settings):
     scoped = []  # (day, segments evaluated for some customers only) of the incremental store
     recompute = services.segment_recompute
 
-    def spy(*, segment, as_of=None, scope=None):
+    def spy(*, segment, as_of=None, scope=None, lines=None):
         if segment.store_id == shops[True].store.pk:
             scoped.append((services.store_today(segment.store), scope is not None))
-        return recompute(segment=segment, as_of=as_of, scope=scope)
+        return recompute(segment=segment, as_of=as_of, scope=scope, lines=lines)
 
     together = services.segments_recompute_together
 
@@ -300,9 +300,9 @@ def test_a_daily_recompute_touching_many_customers_recomputes_everyone(monkeypat
     scopes = []
     recompute = services.segment_recompute
 
-    def spy(*, segment, as_of=None, scope=None):
+    def spy(*, segment, as_of=None, scope=None, lines=None):
         scopes.append(scope)
-        return recompute(segment=segment, as_of=as_of, scope=scope)
+        return recompute(segment=segment, as_of=as_of, scope=scope, lines=lines)
 
     monkeypatch.setattr(services, "segment_recompute", spy)
     for n, share in ((0, 1.0), (1, 1.0), (2, 0.0)):
