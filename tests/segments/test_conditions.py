@@ -210,6 +210,15 @@ def test_a_store_recompute_side_by_side_shares_the_line_summary_between_connecti
     _product_segments_recomputed(shop)
 
 
+def test_a_line_summary_that_cannot_be_written_leaves_each_segment_to_read_the_lines(shop, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rules, "line_summary_create", broken)
+    statements = _product_segments_recomputed(shop)
+    assert len([sql for sql in statements if f'FROM "{LineItem._meta.db_table}"' in sql]) == len(PRODUCT_CASES)
+
+
 def test_in_segment_reads_the_other_segments_membership(shop):
     store, people = shop
     vip = segment_create(store=store, name="VIP", slug="vip", query="customer_tags CONTAINS 'VIP'")
