@@ -977,8 +977,7 @@ class LineSummary:
     def __init__(self, context: EvaluationContext, *, table: str = TABLE):
         self.context = context
         self.table = table
-        self.filters: list[Q] = []
-        self.keys: dict[str, int] = {}
+        self.keys: dict[str, int] = {}  # condition (its Q as text) → its columns' number
         self.columns: dict[str, Any] = {}
         # Once its table is written (``line_summary_create``), a summary only answers the conditions it
         # holds; for any other (a day that turned at midnight), ``condition`` returns None.
@@ -989,8 +988,7 @@ class LineSummary:
         if key not in self.keys:
             if self.frozen:
                 return None
-            self.keys[key] = len(self.filters)
-            self.filters.append(chosen)
+            self.keys[key] = len(self.keys)
         index = self.keys[key]
         if not aggregates:
             column = self._column(f"e{index}", Count("order_id", filter=chosen))
@@ -1053,7 +1051,7 @@ def line_summary_create(trees: Sequence[dict], context: EvaluationContext, table
             compile_rule(tree, context)
     finally:
         context.line_summary = None
-    if len(summary.filters) < 2:
+    if len(summary.keys) < 2:
         return None
     sql, params = summary.query()
     with connection.cursor() as cursor:

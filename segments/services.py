@@ -448,14 +448,14 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
     pool = ThreadPoolExecutor(max_workers=threads) if parallel else None
     try:
         summary = _line_summary_start(store, as_of, [s for s in todo if s.pk in line_segments], table, pool)
+
+        def recompute(segment, close):
+            lines = summary.result() if summary is not None and segment.pk in line_segments else None
+            return _recompute_outcome(segment, as_of, close=close, lines=lines)
+
         for wave in dependency_waves(todo):
             # Segments reading line items last, so the other connection works while the summary is written.
             wave = sorted(wave, key=lambda s: s.pk in line_segments)
-
-            def recompute(segment, close):
-                lines = summary.result() if summary is not None and segment.pk in line_segments else None
-                return _recompute_outcome(segment, as_of, close=close, lines=lines)
-
             if pool is not None and len(wave) > 1:
                 outcomes = list(pool.map(lambda s: recompute(s, True), wave))
             else:
