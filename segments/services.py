@@ -72,6 +72,11 @@ SCOPED_SHARE_MAX = 0.04
 # connection evaluating scoped leaves it to them. At 1,000,000 customers with 5.1 % changed, next to
 # the snapshots: scoped 31.7 s (snapshots 52.0 s), everyone on two connections 59.2 s (snapshots 74.2 s).
 SCOPED_SHARE_MAX_BESIDE_SNAPSHOTS = 0.10
+# A whole store's recompute writes its line summary to a table named with the time it was written
+# (``line_summary_table``) and drops it when done; one older than this was left by a killed worker and
+# is dropped by the next recompute (``line_summaries_sweep``). No recompute comes near it: at 1,000,000
+# customers one takes 30–90 s.
+LINE_SUMMARY_ABANDONED_AFTER = dt.timedelta(hours=6)
 
 
 class SegmentBusy(Exception):
@@ -443,8 +448,10 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
     # The products_purchased conditions of every segment, answered from one pass over the line items
     # written to a table all connections read (rules.line_summary_create), instead of one pass each.
     line_segments = {s.pk for s in todo if rules.reads_lines(s.rule)}
-    table = f"{rules.LineSummary.TABLE}_{uuid.uuid4().hex[:16]}" if (
-        connection.vendor == "postgresql" and len(line_segments) > 1) else None
+    table = None
+    if connection.vendor == "postgresql" and len(line_segments) > 1:
+        line_summaries_sweep()
+        table = line_summary_table()
     pool = ThreadPoolExecutor(max_workers=threads) if parallel else None
     try:
         summary = _line_summary_start(store, as_of, [s for s in todo if s.pk in line_segments], table, pool)
@@ -472,6 +479,35 @@ def store_segments_recompute(*, store: Store, as_of: dt.date | None = None, slug
             with connection.cursor() as cursor:
                 cursor.execute(f"DROP TABLE IF EXISTS {table}")
     return StoreRecompute(results=results, failed=failed)
+
+
+def line_summary_table(now: dt.datetime | None = None) -> str:
+    """A new line summary's table name: ``ecp_line_summary_<unix seconds>_<random>``."""
+    written = int((now or timezone.now()).timestamp())
+    return f"{rules.LineSummary.TABLE}_{written}_{uuid.uuid4().hex[:12]}"
+
+
+def line_summaries_sweep(now: dt.datetime | None = None) -> list[str]:
+    """Drop the line summary tables written more than ``LINE_SUMMARY_ABANDONED_AFTER`` ago: a recompute
+    drops its own when it ends, so these were left by a worker killed during one. Returns their names."""
+    if connection.vendor != "postgresql":
+        return []
+    oldest = int(((now or timezone.now()) - LINE_SUMMARY_ABANDONED_AFTER).timestamp())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relname FROM pg_class WHERE relkind = 'r' "
+                       "AND relnamespace = current_schema()::regnamespace AND relname LIKE %s",
+                       [rules.LineSummary.TABLE.replace("_", r"\_") + r"\_%"])
+        abandoned = []
+        for (name,) in cursor.fetchall():
+            written = name[len(rules.LineSummary.TABLE) + 1:].split("_")[0]
+            if written.isdigit() and int(written) < oldest:
+                abandoned.append(name)
+        for name in abandoned:
+            cursor.execute(f'DROP TABLE IF EXISTS "{name}"')
+    if abandoned:
+        logger.warning("dropped %d line summary tables left by an interrupted recompute: %s", len(abandoned),
+                       ", ".join(abandoned))
+    return abandoned
 
 
 def _line_summary_start(store: Store, as_of: dt.date | None, segments: list[Segment], table: str | None,
