@@ -579,6 +579,15 @@ def _scoped(queryset: QuerySet, column: str, context: EvaluationContext) -> Quer
     return queryset.filter(InIds(F(column), context.scope))
 
 
+def _scope_sql(column_sql: str, context: EvaluationContext) -> tuple[str, list]:
+    """``_scoped`` for raw SQL: "``column_sql`` is in scope", or nothing without a scope."""
+    if context.scope is None:
+        return "", []
+    if isinstance(context.scope, RawSQL):
+        return f"{column_sql} IN ({context.scope.sql})", list(context.scope.params)
+    return ids_condition(column_sql, context.scope, connection.vendor)
+
+
 def members_queryset(tree: dict, context: EvaluationContext) -> QuerySet:
     return universe(context).filter(compile_rule(tree, context))
 
@@ -848,8 +857,20 @@ def _compile_condition(node: dict, context: EvaluationContext) -> Q:
 
 
 def _past_facts_q(table: str, name: str, op: str, value: Any, context: EvaluationContext) -> Q:
-    """A past day's fact condition over ``context.facts_table`` (buyers only; others have no orders)."""
-    buyers = Q(pk__in=RawSQL(f"SELECT customer_id FROM {table}", []))
+    """A past day's fact condition over ``context.facts_table`` (buyers only; others have no orders).
+
+    Each subquery reads only the customers in scope, as ``_scoped`` limits the others: unscoped, the
+    planner hashed every buyer's facts for each condition and then tested every customer of the store
+    against them before applying the scope (docs/performance.md).
+    """
+    scope, scope_params = _scope_sql("customer_id", context)
+
+    def facts(test: str = "", params: Sequence[Any] = ()) -> RawSQL:
+        where = " AND ".join(part for part in (scope, test) if part)
+        return RawSQL(f"SELECT customer_id FROM {table}" + (f" WHERE {where}" if where else ""),
+                      [*scope_params, *params])
+
+    buyers = Q(pk__in=facts())
     if op in ("is_null", "is_not_null"):  # AOV and last order date are empty exactly without orders
         return ~buyers if op == "is_null" else buyers
     if name == "last_order_date":
@@ -862,7 +883,7 @@ def _past_facts_q(table: str, name: str, op: str, value: Any, context: Evaluatio
         test = " AND ".join(parts)
         if negated:
             test = f"NOT ({test})"
-        return Q(pk__in=RawSQL(f"SELECT customer_id FROM {table} WHERE {test}", params))
+        return Q(pk__in=facts(test, params))
     expression = {"number_of_orders": "n", "amount_spent": "spent",
                   "average_order_value": "ROUND(spent * 1.0 / n, 2)"}[name]
     if op == "between":
@@ -874,8 +895,8 @@ def _past_facts_q(table: str, name: str, op: str, value: Any, context: Evaluatio
     zero = {"number_of_orders": 0, "amount_spent": Decimal(0)}.get(name)
     if zero is not None and _satisfies(zero, op, _comparable(op, value)):
         # Customers without orders pass (e.g. "fewer than 2 orders"): everyone but the buyers who fail.
-        return ~Q(pk__in=RawSQL(f"SELECT customer_id FROM {table} WHERE NOT ({test})", params))
-    return Q(pk__in=RawSQL(f"SELECT customer_id FROM {table} WHERE {test}", params))
+        return ~Q(pk__in=facts(f"NOT ({test})", params))
+    return Q(pk__in=facts(test, params))
 
 
 def _has_orders(context: EvaluationContext) -> Q:
