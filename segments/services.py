@@ -487,12 +487,12 @@ def line_summary_table(now: dt.datetime | None = None) -> str:
     return f"{rules.LineSummary.TABLE}_{written}_{uuid.uuid4().hex[:12]}"
 
 
-def line_summaries_sweep(now: dt.datetime | None = None) -> list[str]:
+def line_summaries_sweep() -> list[str]:
     """Drop the line summary tables written more than ``LINE_SUMMARY_ABANDONED_AFTER`` ago: a recompute
     drops its own when it ends, so these were left by a worker killed during one. Returns their names."""
     if connection.vendor != "postgresql":
         return []
-    oldest = int(((now or timezone.now()) - LINE_SUMMARY_ABANDONED_AFTER).timestamp())
+    oldest = int((timezone.now() - LINE_SUMMARY_ABANDONED_AFTER).timestamp())
     with connection.cursor() as cursor:
         cursor.execute("SELECT relname FROM pg_class WHERE relkind = 'r' "
                        "AND relnamespace = current_schema()::regnamespace AND relname LIKE %s",
