@@ -48,6 +48,7 @@ from segments.models import (
     SegmentStatus,
 )
 from segments.selectors import (
+    BUILDER_SAMPLE_SIZE,
     segment_explain,
     segment_members,
     segment_preview,
@@ -397,7 +398,8 @@ class ConditionSegmentAdmin(SegmentAdminBase):
             else:
                 tree = rule_from_input(store=store, query=request.POST.get("query", ""), slug=slug)
             # A large store's count over orders is estimated first; the page then asks for the exact one.
-            preview = segment_preview(store=store, tree=tree, sample_size=10, estimate=request.POST.get("exact") != "1")
+            preview = segment_preview(store=store, tree=tree, sample_size=BUILDER_SAMPLE_SIZE,
+                                      estimate=request.POST.get("exact") != "1")
         except rules.InvalidRule as exc:
             return JsonResponse({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
         except json.JSONDecodeError as exc:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Max, Min, Q, QuerySet
+from django.db.models import Count, Max, Min, Q, QuerySet, Window
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -22,6 +22,7 @@ from segments.models import Membership, MembershipEvent, Segment, SegmentKind
 from segments.query_language import to_text
 
 PREVIEW_SAMPLE_SIZE = 20
+BUILDER_SAMPLE_SIZE = 10  # the segment builder's members shown under its live count
 
 
 def store_today(store: Store) -> dt.date:
@@ -116,10 +117,28 @@ def segment_preview(
         if preview is not None:
             return preview
     context = evaluation_context(store=store, as_of=as_of)
-    members = rules.members_queryset(tree, context)
-    count = members.count()
-    sample = list(members.order_by("-last_order_at", "-id")[:sample_size]) if sample_size else []
+    count, sample = _members_counted(rules.members_queryset(tree, context), sample_size)
     return Preview(count=count, sample=sample, query=to_text(tree), tree=tree, as_of=context.as_of)
+
+
+def _members_counted(members: QuerySet, sample_size: int) -> tuple[int, list[Customer]]:
+    """How many customers ``members`` selects and its ``sample_size`` most recent buyers, from one
+    evaluation of the rule.
+
+    A count and then the sample evaluated the rule twice (a ``products_purchased`` rule grouped the
+    store's line items each time); here the sample's ids carry the count as a window aggregate
+    (``COUNT(*) OVER ()``, taken before the limit) and the sample's rows are read by primary key.
+    The builder's exact preview at 1M customers: 9.6–11.8 s → 5.9–6.8 s for "3 tea orders in a
+    year", 0.91–0.96 s → 0.45–0.49 s for an order-facts rule (docs/performance.md).
+    """
+    if not sample_size:
+        return members.count(), []
+    rows = list(members.annotate(members_total=Window(Count("pk"))).order_by("-last_order_at", "-id")
+                .values_list("pk", "members_total")[:sample_size])
+    if not rows:
+        return 0, []
+    shown = Customer.objects.in_bulk([pk for pk, _total in rows])
+    return rows[0][1], [shown[pk] for pk, _total in rows]
 
 
 def _preview_estimate(store: Store, tree: dict, as_of: dt.date | None, sample_size: int) -> Preview | None:

@@ -203,6 +203,24 @@ def test_preview_and_explain(store):
     assert segment_explain(store=store, tree=tree, customer=a).matched is True
 
 
+def test_a_preview_counts_every_member_shows_the_latest_buyers_and_evaluates_the_rule_once(store):
+    buyers = [CustomerFactory(store=store) for _ in range(5)]
+    for days_ago, customer in enumerate(buyers):
+        buy(customer, days_ago=days_ago), buy(customer, days_ago=days_ago + 40)
+    buy(CustomerFactory(store=store))  # one order: not a member
+    tree = parse("orders_placed MATCHES (date > -1y, count >= 2)")
+    with CaptureQueriesContext(connection) as queries:
+        preview = segment_preview(store=store, tree=tree, sample_size=3)
+    assert (preview.count, [c.pk for c in preview.sample]) == (5, [c.pk for c in buyers[:3]])
+    # The count and the sample come from one evaluation of the rule (its orders subquery); the sample's
+    # rows are then read by primary key.
+    assert sum('"commerce_order"' in query["sql"] for query in queries.captured_queries) == 1
+    assert segment_preview(store=store, tree=tree, sample_size=0).count == 5
+
+    nobody = segment_preview(store=store, tree=parse("orders_placed MATCHES (date > -1y, count >= 3)"))
+    assert (nobody.count, nobody.sample) == (0, [])
+
+
 def test_deleting_a_stores_data_empties_its_segments(store):
     from ecpower.commerce.services import store_data_delete
 
