@@ -63,6 +63,7 @@ from segments.services import (
     templates_add,
     unique_slug,
 )
+from segments.superseding import PreviewSuperseded, preview_key, superseding
 from segments.tasks import segment_recompute_enqueue
 
 STATUS_COLOURS = {
@@ -398,8 +399,12 @@ class ConditionSegmentAdmin(SegmentAdminBase):
             else:
                 tree = rule_from_input(store=store, query=request.POST.get("query", ""), slug=slug)
             # A large store's count over orders is estimated first; the page then asks for the exact one.
-            preview = segment_preview(store=store, tree=tree, sample_size=BUILDER_SAMPLE_SIZE,
-                                      estimate=request.POST.get("exact") != "1")
+            # A newer preview from the same page cancels this one if it is still running.
+            with superseding(preview_key(request.user.pk, request.POST.get("page", ""))):
+                preview = segment_preview(store=store, tree=tree, sample_size=BUILDER_SAMPLE_SIZE,
+                                          estimate=request.POST.get("exact") != "1")
+        except PreviewSuperseded:
+            return JsonResponse({"ok": False, "superseded": True}, status=409)
         except rules.InvalidRule as exc:
             return JsonResponse({"ok": False, "problems": [p.as_dict() for p in exc.problems]})
         except json.JSONDecodeError as exc:

@@ -64,9 +64,9 @@ def test_builder_shows_live_count_and_errors_then_saves_and_computes(browser_pag
 
 
 
-def test_builder_shows_an_estimate_on_a_large_store_then_the_exact_count(
-        browser_page, live_server, django_user_model, settings):
-    """A rule over orders on a store "larger" than the threshold: ≈ count ± margin first, then the count."""
+@pytest.fixture
+def large_store(settings, django_user_model):
+    """A store "larger" than the estimate threshold: 48 customers, 12 of them with two orders this month."""
     import datetime as dt
 
     from ecpower.commerce.services import customer_facts_refresh
@@ -81,6 +81,12 @@ def test_builder_shows_an_estimate_on_a_large_store_then_the_exact_count(
             OrderFactory.create_batch(2, store=store, customer=customer, created_at=noon)
     customer_facts_refresh(store=store)
     django_user_model.objects.create_superuser("hanako", "hanako@example.jp", "pw-for-tests")
+    return store
+
+
+def test_builder_shows_an_estimate_on_a_large_store_then_the_exact_count(browser_page, live_server, large_store):
+    """A rule over orders on a store "larger" than the threshold: ≈ count ± margin first, then the count."""
+    store = large_store
     page = browser_page
     admin_login(page, live_server, "hanako", "pw-for-tests")
 
@@ -110,3 +116,46 @@ def test_builder_shows_an_estimate_on_a_large_store_then_the_exact_count(
     held[0].continue_()
     page.wait_for_function("document.querySelector('#segment-preview-count:not([data-estimated]) strong') !== null")
     assert page.locator("#segment-preview-count strong").inner_text() == "12"
+
+
+def test_a_count_still_running_when_the_query_changes_is_dropped_and_the_new_one_shown(
+        browser_page, live_server, large_store):
+    """The exact count of the first query is held; the user types another query meanwhile. The page shows
+    the new query's count, never the old one's, and names itself the same way in both requests, which is
+    what lets the server cancel the old count (tests/segments/test_preview_superseded.py)."""
+    store = large_store
+    page = browser_page
+    admin_login(page, live_server, "hanako", "pw-for-tests")
+
+    held, pages = [], []
+
+    def hold_exact(route, request):
+        body = request.post_data or ""
+        pages.extend(re.findall(r'name="page"\r\n\r\n([0-9a-z-]+)', body))
+        if 'name="exact"' in body:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(re.compile(r".*/conditionsegment/preview/$"), hold_exact)
+    dropped = []
+    page.on("requestfailed", lambda request: dropped.append((request.post_data or "", request.failure)))
+    page.goto(f"{live_server.url}/admin/segments/conditionsegment/add/")
+    page.select_option("#id_store", str(store.pk))
+    page.fill("#id_query", "orders_placed MATCHES (date > -30d, count >= 2)")
+    page.wait_for_function("document.querySelector('#segment-preview-count[data-estimated] strong') !== null")
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1  # the exact count of the first query, not answered yet
+
+    page.fill("#id_query", "number_of_orders = 0")  # customer facts: counted exactly at once
+    page.wait_for_function("document.querySelector('#segment-preview-count strong')?.textContent === '36'")
+    held[0].continue_()  # the old count's answer would arrive now
+    page.wait_for_timeout(500)
+    assert page.locator("#segment-preview-count strong").inner_text() == "36"
+    # The page stopped waiting for the old count: its request was aborted.
+    assert [("count >= 2" in body, "ABORTED" in str(failure)) for body, failure in dropped] == [(True, True)]
+    assert len(pages) >= 3 and len(set(pages)) == 1  # one page, one name in every request
+    page.screenshot(path=str(SCREENSHOTS / "segment_builder_superseded.png"), full_page=True)

@@ -13,6 +13,9 @@
   const csrf = document.querySelector("[name=csrfmiddlewaretoken]");
   let timer = null;
   let sequence = 0;
+  let inFlight = null;
+  // Names this page to the server: a newer preview from it cancels the one still running there.
+  const page = Math.random().toString(36).slice(2, 12) + Date.now().toString(36);
 
   function storeId() { return storeSelect ? storeSelect.value : panel.dataset.store; }
   function slug() { return slugInput ? slugInput.value : panel.dataset.slug; }
@@ -70,12 +73,23 @@
     body.append("query", query.value);
     body.append("store", storeId() || "");
     body.append("slug", slug() || "");
+    body.append("page", page);
     if (exact) body.append("exact", "1");
-    const response = await fetch(panel.dataset.url, {
-      method: "POST", body, headers: { "X-CSRFToken": csrf ? csrf.value : "" }, credentials: "same-origin",
-    });
-    const data = await response.json();
-    if (mine !== sequence) return; // a newer request is on its way
+    if (inFlight) inFlight.abort(); // the page no longer waits for it (the server cancels it too)
+    const controller = new AbortController();
+    inFlight = controller;
+    let data;
+    try {
+      const response = await fetch(panel.dataset.url, {
+        method: "POST", body, signal: controller.signal,
+        headers: { "X-CSRFToken": csrf ? csrf.value : "" }, credentials: "same-origin",
+      });
+      data = await response.json();
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      throw error;
+    }
+    if (mine !== sequence || data.superseded) return; // a newer request is on its way
     if (data.ok) showResult(data); else showProblems(data.problems);
     if (data.ok && data.estimated) run(true);
   }
