@@ -30,6 +30,7 @@ from ecpower.commerce.models import (
     TagEventAction,
 )
 from ecpower.commerce.services import (
+    ProductMatcher,
     customer_facts_refresh,
     line_copies_clear,
     line_items_link_products,
@@ -141,9 +142,15 @@ def records_import(
             touched_customers |= _write_customers(store, list(customers), summary.customers, progress, source)
         if products:
             _write_products(store, list(products), summary.products, progress)
+        matcher = ProductMatcher(store) if products or orders else None
         if orders:
-            touched_customers |= _write_orders(store, list(orders), summary.orders, progress)
-        summary.line_items_linked = line_items_link_products(store=store)
+            touched, summary.line_items_linked = _write_orders(store, list(orders), summary.orders, progress, matcher)
+            touched_customers |= touched
+        if products:
+            # Lines written before their products (orders imported first) get them now. Without new
+            # products no unlinked line can find one, so an ingest of orders alone does not read the
+            # store's unlinked lines (custom items never match: 1.15 s per ingest for 100,000 of them).
+            summary.line_items_linked += line_items_link_products(store=store, matcher=matcher)
         progress("facts", 0, len(touched_customers))
         customer_facts_refresh(store=store, customer_ids=touched_customers)
         progress("facts", len(touched_customers), len(touched_customers))
@@ -373,7 +380,10 @@ def _copies(order: Order, cleared: set[int]) -> dict:
     return {"customer_id": order.customer_id, "ordered_at": order.created_at, "ordinal": order.ordinal}
 
 
-def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts, progress: Progress) -> set[int]:
+def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts, progress: Progress,
+                  matcher: ProductMatcher) -> tuple[set[int], int]:
+    """Upsert the orders and their lines, each new line linked to its product as it is written; returns the
+    customers touched and how many lines were linked."""
     customer_ids = _customers_for_orders(store, records)
     existing: dict[str, Order] = {}
     for chunk in _chunks([r.name for r in records]):
@@ -434,28 +444,27 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
             replaced_existing.add(order.pk)
     for chunk in _chunks(sorted(replaced_existing)):
         LineItem.objects.filter(order_id__in=chunk).delete()
-    LineItem.objects.bulk_create(
-        [
-            LineItem(
-                store=store,
-                order=order,
-                sku=i.sku,
-                title=i.title,
-                vendor=i.vendor,
-                quantity=i.quantity,
-                unit_price=i.unit_price,
-                discount=i.discount,
-                position=i.position,
-                **_copies(order, cleared),
-            )
-            for record, order in replace
-            for i in record.line_items
-        ],
-        batch_size=BATCH,
-    )
+    lines = [
+        LineItem(
+            store=store,
+            order=order,
+            sku=i.sku,
+            title=i.title,
+            vendor=i.vendor,
+            quantity=i.quantity,
+            unit_price=i.unit_price,
+            discount=i.discount,
+            position=i.position,
+            **_copies(order, cleared),
+        )
+        for record, order in replace
+        for i in record.line_items
+    ]
+    linked = sum(matcher.link(line) for line in lines)
+    LineItem.objects.bulk_create(lines, batch_size=BATCH)
     progress("orders", len(records), len(records))
     updated = {o.pk for o in changed} | replaced_existing
     counts.created += len(new)
     counts.updated += len(updated)
     counts.unchanged += len(matched) - len(updated)
-    return touched_customers
+    return touched_customers, linked

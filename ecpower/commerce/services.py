@@ -290,31 +290,47 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
     return moved
 
 
-def line_items_link_products(*, store: Store) -> int:
-    """Link the store's unlinked line items to products: by SKU first, then by title.
+class ProductMatcher:
+    """Finds the product of a line item: by SKU first, then by title.
 
-    Shopify's order export names a line item ``Product - Variant`` (or just ``Product``), and
-    carries the SKU when one is set. Returns the number of line items linked.
+    Shopify's order export names a line item ``Product - Variant`` (or just ``Product``), and carries
+    the SKU when one is set. Built once per import from the store's catalogue (a few thousand rows at
+    most), then asked for each line.
     """
-    by_sku = dict(
-        ProductVariant.objects.filter(store=store)
-        .exclude(sku="")
-        .values_list("sku", "product_id")
-    )
-    products = {pk: (title, product_type) for pk, title, product_type in Product.objects.filter(store=store).values_list("pk", "title", "product_type")}
-    by_title = {title: pk for pk, (title, _type) in products.items()}
 
-    to_update: list[LineItem] = []
-    for item in LineItem.objects.filter(store=store, product__isnull=True).only("pk", "sku", "title").iterator(2000):
-        product_id = by_sku.get(item.sku) if item.sku else None
+    def __init__(self, store: Store):
+        self.by_sku = dict(ProductVariant.objects.filter(store=store).exclude(sku="").values_list("sku", "product_id"))
+        self.types = dict(Product.objects.filter(store=store).values_list("pk", "product_type"))
+        self.by_title = dict(Product.objects.filter(store=store).values_list("title", "pk"))
+
+    def product_of(self, sku: str, title: str) -> int | None:
+        product_id = self.by_sku.get(sku) if sku else None
         if product_id is None:
-            product_id = by_title.get(item.title)
-        if product_id is None and " - " in item.title:
-            product_id = by_title.get(item.title.rsplit(" - ", 1)[0])
-        if product_id is not None:
-            item.product_id = product_id
-            item.product_type = products[product_id][1]
-            to_update.append(item)
+            product_id = self.by_title.get(title)
+        if product_id is None and " - " in title:
+            product_id = self.by_title.get(title.rsplit(" - ", 1)[0])
+        return product_id
+
+    def link(self, item: LineItem) -> bool:
+        """Give ``item`` its product and the product's type; False when no product matches."""
+        product_id = self.product_of(item.sku, item.title)
+        if product_id is None:
+            return False
+        item.product_id = product_id
+        item.product_type = self.types[product_id]
+        return True
+
+
+def line_items_link_products(*, store: Store, matcher: ProductMatcher | None = None) -> int:
+    """Link the store's unlinked line items to products (``ProductMatcher``); returns how many were linked.
+
+    Ingests link the lines they write as they write them; this is for lines written before their
+    products were (an import of products after orders), so an import calls it only when it wrote
+    products. Every unlinked line of the store is read, custom items that never match included.
+    """
+    matcher = matcher or ProductMatcher(store)
+    to_update = [item for item in LineItem.objects.filter(store=store, product__isnull=True)
+                 .only("pk", "sku", "title").iterator(2000) if matcher.link(item)]
     LineItem.objects.bulk_update(to_update, ["product", "product_type"], batch_size=1000)
     return len(to_update)
 

@@ -5,10 +5,13 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from ecpower.commerce.csv_import import CsvFile, shopify_csv_import
 from ecpower.commerce.models import Customer, CustomerTag, LineItem, Order, Product, ProductVariant, Store
 from ecpower.commerce.shopify_csv import CsvFileError
+from tests.factories import LineItemFactory, OrderFactory
 
 
 def _file(directory, name, encoding="utf-8"):
@@ -102,6 +105,19 @@ def test_products_imported_after_orders_still_get_linked(store, shopify_csv_dir)
     assert not LineItem.objects.filter(store=store, product__isnull=False).exists()
     summary = shopify_csv_import(store=store, products=_file(shopify_csv_dir, "products_export.csv"))
     assert summary.line_items_linked == LineItem.objects.filter(store=store).count()
+
+
+def test_an_ingest_of_orders_links_its_lines_as_it_writes_them_and_leaves_older_unlinked_lines_unread(
+        store, shopify_csv_dir):
+    shopify_csv_import(store=store, products=_file(shopify_csv_dir, "products_export.csv"))
+    custom = LineItemFactory(store=store, order=OrderFactory(store=store), title="配送保険", sku="")  # never matches
+    with CaptureQueriesContext(connection) as queries:
+        summary = shopify_csv_import(store=store, orders=_file(shopify_csv_dir, "orders_export.csv"))
+    written = LineItem.objects.filter(store=store).exclude(pk=custom.pk)
+    assert summary.line_items_linked == written.filter(product__isnull=False).count() == written.count()
+    assert LineItem.objects.get(order__name="#1001", position=2).product_type == "器"  # linked by title
+    # Without new products no older line could find one, so they are not read (the custom item, here).
+    assert not [q["sql"] for q in queries.captured_queries if '"product_id" IS NULL' in q["sql"]]
 
 
 def test_cancelled_and_refunded_orders_follow_the_facts_rule(store, shopify_csv_dir):
