@@ -300,8 +300,9 @@ class ProductMatcher:
 
     def __init__(self, store: Store):
         self.by_sku = dict(ProductVariant.objects.filter(store=store).exclude(sku="").values_list("sku", "product_id"))
-        self.types = dict(Product.objects.filter(store=store).values_list("pk", "product_type"))
-        self.by_title = dict(Product.objects.filter(store=store).values_list("title", "pk"))
+        products = list(Product.objects.filter(store=store).values_list("pk", "title", "product_type"))
+        self.types = {pk: product_type for pk, _title, product_type in products}
+        self.by_title = {title: pk for pk, title, _type in products}
 
     def product_of(self, sku: str, title: str) -> int | None:
         product_id = self.by_sku.get(sku) if sku else None
@@ -321,14 +322,13 @@ class ProductMatcher:
         return True
 
 
-def line_items_link_products(*, store: Store, matcher: ProductMatcher | None = None) -> int:
+def line_items_link_products(*, store: Store, matcher: ProductMatcher) -> int:
     """Link the store's unlinked line items to products (``ProductMatcher``); returns how many were linked.
 
     Ingests link the lines they write as they write them; this is for lines written before their
     products were (an import of products after orders), so an import calls it only when it wrote
     products. Every unlinked line of the store is read, custom items that never match included.
     """
-    matcher = matcher or ProductMatcher(store)
     to_update = [item for item in LineItem.objects.filter(store=store, product__isnull=True)
                  .only("pk", "sku", "title").iterator(2000) if matcher.link(item)]
     LineItem.objects.bulk_update(to_update, ["product", "product_type"], batch_size=1000)
