@@ -571,7 +571,7 @@ def _fill_stats(cursor, store: Store, day: dt.date) -> None:
     # (at 1M customers, 5.8 M memberships: 7.4 s → 5.2 s for the KPI statement).
     orders = Order._meta.db_table
     if connection.vendor == "postgresql":
-        # Each of them looked up by order_customer_ordinal: the planner, which counts a tenth of the
+        # Each of them looked up by order_customer_cover: the planner, which counts a tenth of the
         # distinct buyers among the orders, hashed them against a scan of every order instead (at
         # 1M customers, 37,000 who ordered since: 2.5 s → 0.8 s).
         ordered_since = f"""

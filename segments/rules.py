@@ -509,6 +509,12 @@ class EvaluationContext:
     # Set while one statement evaluates several rules (``verdict_rows``): their ``products_purchased``
     # conditions then read one pass over the line items instead of one each (``LineSummary``).
     line_summary: LineSummary | None = None
+    # Whether every counted order of the store knows its products (``Order.product_ids``), asked only of a
+    # rule that could read them instead of the line items (``_ordered_products``); None: never.
+    order_products_known: Callable[[], bool] | None = None
+    # Only customers with ids in [low, high) are evaluated: one of the parts of a count split over
+    # several connections (selectors.segment_preview); every subquery led by the customer reads its part.
+    id_range: tuple[int, int] | None = None
     _stack: list[str] = field(default_factory=list)
 
     @property
@@ -535,7 +541,26 @@ def universe(context: EvaluationContext) -> QuerySet:
     return customers
 
 
-class InIds(Func):
+class _IdsTest(Func):
+    """A test of a column against a list of ids given in Python (``condition``)."""
+
+    arity = 1
+    output_field = BooleanField()
+
+    def __init__(self, column, ids: Sequence[int]):
+        super().__init__(column)
+        self.ids = list(ids)
+
+    def condition(self, column_sql: str, vendor: str) -> tuple[str, list]:
+        raise NotImplementedError
+
+    def as_sql(self, compiler, connection, **extra_context):
+        column_sql, column_params = compiler.compile(self.source_expressions[0])
+        sql, params = self.condition(column_sql, connection.vendor)
+        return sql, (*column_params, *params)
+
+
+class InIds(_IdsTest):
     """``column`` is one of ``ids`` (an incremental update's or an estimate's customers, known in Python).
 
     On PostgreSQL ``column = ANY('{…}'::bigint[])``: one array constant, so the planner knows how many
@@ -546,17 +571,8 @@ class InIds(Func):
     customers: 0.72 s against 0.11 s by index; docs/performance.md). Elsewhere ``column IN (…)``.
     """
 
-    arity = 1
-    output_field = BooleanField()
-
-    def __init__(self, column, ids: Sequence[int]):
-        super().__init__(column)
-        self.ids = list(ids)
-
-    def as_sql(self, compiler, connection, **extra_context):
-        column_sql, column_params = compiler.compile(self.source_expressions[0])
-        sql, params = ids_condition(column_sql, self.ids, connection.vendor)
-        return sql, (*column_params, *params)
+    def condition(self, column_sql: str, vendor: str) -> tuple[str, list]:
+        return ids_condition(column_sql, self.ids, vendor)
 
 
 def ids_condition(column_sql: str, ids: Sequence[int], vendor: str) -> tuple[str, list]:
@@ -572,6 +588,9 @@ def scope_from(scope: str | Sequence[int]) -> RawSQL | list[int]:
 
 
 def _scoped(queryset: QuerySet, column: str, context: EvaluationContext) -> QuerySet:
+    if context.id_range is not None:
+        low, high = context.id_range
+        queryset = queryset.filter(**{f"{column}__gte": low, f"{column}__lt": high})
     if context.scope is None:
         return queryset
     if isinstance(context.scope, RawSQL):
@@ -581,11 +600,18 @@ def _scoped(queryset: QuerySet, column: str, context: EvaluationContext) -> Quer
 
 def _scope_sql(column_sql: str, context: EvaluationContext) -> tuple[str, list]:
     """``_scoped`` for raw SQL: "``column_sql`` is in scope", or nothing without a scope."""
-    if context.scope is None:
-        return "", []
+    parts, params = [], []
+    if context.id_range is not None:
+        parts.append(f"{column_sql} >= %s AND {column_sql} < %s")
+        params.extend(context.id_range)
     if isinstance(context.scope, RawSQL):
-        return f"{column_sql} IN ({context.scope.sql})", list(context.scope.params)
-    return ids_condition(column_sql, context.scope, connection.vendor)
+        parts.append(f"{column_sql} IN ({context.scope.sql})")
+        params.extend(context.scope.params)
+    elif context.scope is not None:
+        sql, ids = ids_condition(column_sql, context.scope, connection.vendor)
+        parts.append(sql)
+        params.extend(ids)
+    return " AND ".join(parts), params
 
 
 def members_queryset(tree: dict, context: EvaluationContext) -> QuerySet:
@@ -938,6 +964,9 @@ def _tagged(context: EvaluationContext, *, iexact: str | None = None, names: set
 def _products_purchased(params: dict, context: EvaluationContext) -> Q:
     # Line items carry their order's customer, time and ordinal (customer_facts_refresh keeps them), so
     # this reads line items alone: no join of millions of lines to their orders.
+    ordered = _ordered_products(params, context)
+    if ordered is not None:
+        return ordered
     chosen = Q()  # which of the customer's counted lines the condition looks at
     for name, param in params.items():
         op, value = param["op"], param["value"]
@@ -970,6 +999,53 @@ def _products_purchased(params: dict, context: EvaluationContext) -> Q:
         alias = "n" if name == "count" else "quantity"
         parts.append(_aggregate_q(grouped, alias, param["op"], param["value"], zero=0))
     return _combine(parts, operator.and_)
+
+
+# The parameters a condition on the orders' products answers (``_ordered_products``); SKU, type and vendor
+# are the line's own text and the quantity its own, so conditions on them read the lines.
+ORDER_PRODUCT_PARAMS = frozenset({"id", "tag", "date", "order_number", "count"})
+
+
+class ProductsOverlap(_IdsTest):
+    """The order's products (``Order.product_ids``) include one of ``ids``: ``product_ids && '{…}'::bigint[]``
+    (PostgreSQL only)."""
+
+    def condition(self, column_sql: str, vendor: str) -> tuple[str, list]:
+        return f"{column_sql} && %s::bigint[]", [self.ids]
+
+
+def _ordered_products(params: dict, context: EvaluationContext) -> Q | None:
+    """A ``products_purchased`` condition on products (id or tag), dates, order numbers and the count of
+    orders, answered from the counted orders' products (``Order.product_ids``): one row per order read from
+    ``order_customer_cover`` instead of every line from ``line_item_customer_cover``, and the orders counted
+    without a per-customer distinct (at 1M customers … docs/performance.md). None where it cannot answer:
+    other parameters, not PostgreSQL, a statement reading the lines once for all its conditions
+    (``LineSummary``), or a store where a counted order's products are not known yet.
+
+    The same verdicts as the lines: a line of one of the products on a counted order in the window is an
+    order whose products include one of them. Several product parameters select lines of products in all
+    of them, so their ids are intersected (not each overlapped: two lines could match one each).
+    """
+    if (connection.vendor != "postgresql" or context.line_summary is not None
+            or context.order_products_known is None or not set(params) <= ORDER_PRODUCT_PARAMS):
+        return None
+    products: set[int] | None = None
+    for name in ("id", "tag"):
+        if name in params:
+            op, value = params[name]["op"], params[name]["value"]
+            ids = set(context.product_ids(name, value if op == "in" else [value]))
+            products = ids if products is None else products & ids
+    if products is None or not context.order_products_known():
+        return None
+    orders = _counted_orders(context).filter(ProductsOverlap(F("product_ids"), sorted(products) or [NO_ID]))
+    if "date" in params:
+        orders = orders.filter(_date_q("created_at", params["date"]["op"], params["date"]["value"], context))
+    if "order_number" in params:
+        orders = orders.filter(_numeric_q("ordinal", params["order_number"]["op"], params["order_number"]["value"]))
+    if "count" not in params:
+        return Q(pk__in=orders.values("customer_id"))
+    grouped = orders.order_by().values("customer_id").annotate(n=Count("id"))
+    return _aggregate_q(grouped, "n", params["count"]["op"], params["count"]["value"], zero=0)
 
 
 def _counted_lines(context: EvaluationContext) -> QuerySet:

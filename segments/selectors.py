@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
+import itertools
 import math
 import random
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, Max, Min, Q, QuerySet, Window
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from ecpower.commerce.models import Customer, CustomerTagEvent, Product, ProductTag, Store
+from ecpower.commerce.models import Customer, CustomerTagEvent, Order, Product, ProductTag, Store
 from ecpower.commerce.services import customers_scope
 from segments import rules
 from segments.models import Membership, MembershipEvent, Segment, SegmentKind
@@ -68,9 +73,17 @@ def evaluation_context(*, store: Store, as_of: dt.date | None = None, scope: Raw
             matching |= Q(**{f"{column}__iexact": value})
         return sorted(set(model.objects.filter(matching, store=store).values_list(id_column, flat=True)))
 
+    known: list[bool] = []
+
+    def order_products_known() -> bool:
+        if not known:  # order_products_unknown holds only the orders without them: a probe of an empty index
+            known.append(not Order.objects.filter(store=store, product_ids__isnull=True, ordinal__isnull=False)
+                         .exists())
+        return known[0]
+
     return rules.EvaluationContext(store=store, as_of=as_of, today=today, segment=segment,
                                    tag_history_start=history_start, tag_values=tag_values, scope=scope,
-                                   product_ids=product_ids)
+                                   product_ids=product_ids, order_products_known=order_products_known)
 
 
 def segment_exists_checker(store: Store):
@@ -117,8 +130,60 @@ def segment_preview(
         if preview is not None:
             return preview
     context = evaluation_context(store=store, as_of=as_of)
-    count, sample = _members_counted(rules.members_queryset(tree, context), sample_size)
+    parts = _preview_parts(store, tree)
+    if parts is None:
+        count, sample = _members_counted(rules.members_queryset(tree, context), sample_size)
+    else:
+        count, sample = _members_counted_in_parts(tree, context, parts, sample_size)
     return Preview(count=count, sample=sample, query=to_text(tree), tree=tree, as_of=context.as_of)
+
+
+def _preview_parts(store: Store, tree: dict) -> list[tuple[int, int]] | None:
+    """The ranges of customer ids an exact count is split into, one per connection, or None to count on this
+    one: a rule over orders or line items on a store of more than ``settings.PREVIEW_ESTIMATE_ABOVE``
+    customers, on PostgreSQL outside a transaction (other connections could not see its rows)."""
+    threads = settings.SEGMENT_RECOMPUTE_THREADS
+    if (threads < 2 or connection.vendor != "postgresql" or connection.in_atomic_block
+            or not rules.reads_orders(tree)):
+        return None
+    bounds = Customer.objects.filter(store=store).aggregate(low=Min("id"), high=Max("id"))
+    if bounds["low"] is None or bounds["high"] - bounds["low"] < settings.PREVIEW_ESTIMATE_ABOVE:
+        return None
+    low, high = bounds["low"], bounds["high"] + 1
+    edges = [low + (high - low) * part // threads for part in range(threads)] + [high]
+    return list(itertools.pairwise(edges))
+
+
+def _members_counted_in_parts(tree: dict, context: rules.EvaluationContext, parts: list[tuple[int, int]],
+                              sample_size: int) -> tuple[int, list[Customer]]:
+    """``_members_counted`` for each range of customer ids on its own connection, side by side: the count is
+    their sum, the sample the latest buyers of their samples.
+
+    One statement keeps one core busy (PostgreSQL's parallel workers gained 20 % on the lines of a million
+    customers); two connections, each reading its half of the customers from the index led by the customer,
+    halve the time (docs/performance.md). Each connection marks its statements as this one does
+    (``superseding``), so a newer preview from the same page cancels both.
+    """
+    wrappers = list(connection.execute_wrappers)
+
+    def counted(part: tuple[int, int]) -> tuple[int, list[Customer]]:
+        try:
+            with contextlib.ExitStack() as stack:
+                for wrapper in wrappers:
+                    stack.enter_context(connection.execute_wrapper(wrapper))
+                part_context = dataclasses.replace(context, id_range=part, notes=set(), _stack=[])
+                return _members_counted(rules.members_queryset(tree, part_context), sample_size)
+        finally:
+            connection.close()  # this thread's own connection
+
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        futures = [pool.submit(counted, part) for part in parts]
+        results = [future.result() for future in futures]  # the first error, once every part has ended
+    earliest = dt.datetime.min.replace(tzinfo=dt.UTC)
+    # As the database orders them (last order descending, customers without one first; then id descending).
+    sample = sorted((customer for _count, shown in results for customer in shown),
+                    key=lambda c: (c.last_order_at is None, c.last_order_at or earliest, c.pk), reverse=True)
+    return sum(count for count, _shown in results), sample[:sample_size]
 
 
 def _members_counted(members: QuerySet, sample_size: int) -> tuple[int, list[Customer]]:

@@ -420,6 +420,8 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
             touched_customers.add(values["customer_id"])
         if done % BATCH == 0:
             progress("orders", done, len(records))
+    for record, order in new:
+        order.product_ids = matcher.products_of((i.sku, i.title) for i in record.line_items)
     orders_number_provisionally([o for _r, o in new])
     Order.objects.bulk_create([o for _r, o in new], batch_size=BATCH)
     if changed:
@@ -444,6 +446,10 @@ def _write_orders(store: Store, records: list[OrderRecord], counts: EntityCounts
             replaced_existing.add(order.pk)
     for chunk in _chunks(sorted(replaced_existing)):
         LineItem.objects.filter(order_id__in=chunk).delete()
+    relined = [(record, order) for record, order in replace if order.pk in replaced_existing]
+    for record, order in relined:
+        order.product_ids = matcher.products_of((i.sku, i.title) for i in record.line_items)
+    Order.objects.bulk_update([order for _record, order in relined], ["product_ids"], batch_size=BATCH)
     lines = [
         LineItem(
             store=store,

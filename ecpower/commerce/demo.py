@@ -244,6 +244,7 @@ def generate_demo_store(*, store: Store, customers: int, seed: int, until: dt.da
                     order["discount_code"], shipping, tax, total, refunded, order["source"], order["landing_site"], "",
                     order["utm"][0], order["utm"][1], order["utm"][2], "", "", "", financial_status,
                     "fulfilled" if not cancelled_at else "", cancelled_at, order["test"], ordinal,
+                    sorted({products[product_index] for product_index, _variant, _quantity in order["lines"]}),
                 )
             )
 
@@ -266,7 +267,7 @@ def generate_demo_store(*, store: Store, customers: int, seed: int, until: dt.da
                 "shopify_updated_at", "currency", "subtotal", "total_discounts", "discount_code", "shipping", "tax",
                 "total", "refunded_amount", "source_name", "landing_site", "referring_site", "utm_source",
                 "utm_medium", "utm_campaign", "utm_content", "utm_term", "tags", "financial_status",
-                "fulfillment_status", "cancelled_at", "test", "ordinal",
+                "fulfillment_status", "cancelled_at", "test", "ordinal", "product_ids",
             ],
             order_rows,
         )

@@ -7,6 +7,7 @@ small properties only: writes go through ``services``, reads through ``selectors
 
 from __future__ import annotations
 
+import json
 import zoneinfo
 
 from django.conf import settings
@@ -18,6 +19,32 @@ from django.db.models.functions import Lower
 from django.utils.translation import gettext_lazy as _
 
 MONEY = {"max_digits": 14, "decimal_places": 2}
+
+
+class ProductIdsField(models.Field):
+    """A sorted list of product ids: ``bigint[]`` on PostgreSQL (read with its array operators), a JSON list
+    in text elsewhere (kept the same way, never read in SQL)."""
+
+    description = _("product ids")
+
+    def db_type(self, connection) -> str:
+        return "bigint[]" if connection.vendor == "postgresql" else "text"
+
+    def get_db_prep_value(self, value, connection, prepared=False):
+        if value is None:
+            return None
+        ids = sorted({int(pk) for pk in value})
+        return ids if connection.vendor == "postgresql" else json.dumps(ids)
+
+    def from_db_value(self, value, expression, connection):
+        return self.to_python(value)
+
+    def to_python(self, value):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = json.loads(value)
+        return sorted({int(pk) for pk in value})
 
 
 def validate_time_zone(value: str) -> None:
@@ -304,7 +331,7 @@ class OrderQuerySet(models.QuerySet):
 
 class Order(models.Model):
     # Both foreign keys are served by the composite indexes below (order_store_created leads with the
-    # store, order_customer_ordinal with the customer). Their own indexes would only be written to: every
+    # store, order_customer_cover with the customer). Their own indexes would only be written to: every
     # order's ordinal update rewrites all of an order's index entries (docs/performance.md).
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="orders", verbose_name=_("store"),
                               db_index=False)
@@ -353,6 +380,12 @@ class Order(models.Model):
         blank=True,
         help_text=_("1 for the customer's first counted order, 2 for the second… Empty when not counted."),
     )
+    # The products of the order's lines (those linked to one), so a products_purchased condition on products,
+    # dates and order numbers reads one row per order from order_customer_cover instead of every line from
+    # line_item_customer_cover (docs/performance.md). NULL while unknown: whatever writes or relinks lines
+    # without knowing their products clears it, and customer_facts_refresh fills it from the lines; the
+    # conditions read the lines while any counted order of the store has none.
+    product_ids = ProductIdsField(_("products"), null=True, blank=True, editable=False)
 
     objects = OrderQuerySet.as_manager()
 
@@ -368,8 +401,15 @@ class Order(models.Model):
             ),
         ]
         indexes = [
-            # Facts refresh (ordinal window per customer) and "order number k" conditions.
-            models.Index(fields=["customer", "ordinal"], name="order_customer_ordinal"),
+            # Facts refresh (ordinal window per customer), "order number k" conditions, and products_purchased
+            # on products, dates and order numbers: covering on PostgreSQL, so a whole store's counted orders
+            # with their products are read in customer order from the index alone (docs/performance.md).
+            models.Index(fields=["customer", "ordinal"], name="order_customer_cover",
+                         include=["store", "created_at", "product_ids"]),
+            # The orders whose products are not known yet (customer_facts_refresh fills them; conditions
+            # read the lines while a counted order of the store is among them): empty in the steady state.
+            models.Index(fields=["store", "customer"], condition=Q(product_ids__isnull=True),
+                         name="order_products_unknown"),
             # Daily revenue of a store and date-windowed order conditions.
             models.Index(fields=["store", "created_at"], name="order_store_created"),
         ]

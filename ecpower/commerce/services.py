@@ -287,7 +287,34 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
                 cursor.execute(copy.format(scope=f" AND li.order_id IN ({', '.join(['%s'] * len(chunk))})"),
                                [store_id, *chunk])
             cursor.execute(copy.format(scope=f" AND li.ordered_at IS NULL{line_scope}"), [store_id, *line_params])
+        # 5. Orders whose products are unknown (written by something that did not link their lines) get them
+        # from their lines. Ingests write them with their orders, so this finds none in the steady state
+        # (order_products_unknown holds only these orders).
+        cursor.execute(
+            f"UPDATE {order} AS o SET product_ids = {_order_products_sql()}"
+            f" WHERE o.store_id = %s AND o.product_ids IS NULL{order_scope.replace('customer_id', 'o.customer_id')}",
+            [store_id, *order_params],
+        )
     return moved
+
+
+def _order_products_sql() -> str:
+    """SQL for ``Order.product_ids`` of the order ``o`` from its lines (those linked to a product)."""
+    line_item = LineItem._meta.db_table
+    if connection.vendor == "postgresql":
+        return (f"ARRAY(SELECT DISTINCT li.product_id FROM {line_item} li"
+                f" WHERE li.order_id = o.id AND li.product_id IS NOT NULL ORDER BY 1)")
+    return (f"(SELECT json_group_array(DISTINCT li.product_id) FROM {line_item} li"
+            f" WHERE li.order_id = o.id AND li.product_id IS NOT NULL)")
+
+
+def order_products_refresh(*, order_ids: Sequence[int]) -> None:
+    """Give these orders the products of their lines again (``Order.product_ids``), after their lines' links
+    changed."""
+    with connection.cursor() as cursor:
+        for chunk in _chunks(sorted(set(order_ids)), FACTS_CHUNK_SIZE):
+            cursor.execute(f"UPDATE {Order._meta.db_table} AS o SET product_ids = {_order_products_sql()}"
+                           f" WHERE o.id IN ({', '.join(['%s'] * len(chunk))})", list(chunk))
 
 
 class ProductMatcher:
@@ -312,6 +339,10 @@ class ProductMatcher:
             product_id = self.by_title.get(title.rsplit(" - ", 1)[0])
         return product_id
 
+    def products_of(self, lines: Iterable[tuple[str, str]]) -> list[int]:
+        """The products of an order's lines given as (SKU, title): its ``Order.product_ids``."""
+        return sorted({pk for sku, title in lines if (pk := self.product_of(sku, title)) is not None})
+
     def link(self, item: LineItem) -> bool:
         """Give ``item`` its product and the product's type; False when no product matches."""
         product_id = self.product_of(item.sku, item.title)
@@ -327,11 +358,13 @@ def line_items_link_products(*, store: Store, matcher: ProductMatcher) -> int:
 
     Ingests link the lines they write as they write them; this is for lines written before their
     products were (an import of products after orders), so an import calls it only when it wrote
-    products. Every unlinked line of the store is read, custom items that never match included.
+    products. Every unlinked line of the store is read, custom items that never match included. The
+    orders of the lines it links get their products again (``Order.product_ids``).
     """
     to_update = [item for item in LineItem.objects.filter(store=store, product__isnull=True)
-                 .only("pk", "sku", "title").iterator(2000) if matcher.link(item)]
+                 .only("pk", "order_id", "sku", "title").iterator(2000) if matcher.link(item)]
     LineItem.objects.bulk_update(to_update, ["product", "product_type"], batch_size=1000)
+    order_products_refresh(order_ids=[item.order_id for item in to_update])
     return len(to_update)
 
 

@@ -43,6 +43,7 @@ ORDER_COLUMNS = [
     "shopify_updated_at", "currency", "subtotal", "total_discounts", "discount_code", "shipping", "tax", "total",
     "refunded_amount", "source_name", "landing_site", "referring_site", "utm_source", "utm_medium", "utm_campaign",
     "utm_content", "utm_term", "tags", "financial_status", "fulfillment_status", "cancelled_at", "test", "ordinal",
+    "product_ids",
 ]
 LINE_COLUMNS = ["id", "store_id", "order_id", "product_id", "sku", "title", "vendor", "product_type", "quantity",
                 "unit_price", "discount", "position"]
@@ -243,8 +244,12 @@ def generate(*, directory: Path, store_id: int, customers: int, seed: int, until
                COALESCE(u.b, ''), COALESCE(u.c, ''), '', '', '',
                CASE WHEN o.cancelled THEN 'voided' WHEN o.refunded > 0 THEN 'partially_refunded' ELSE 'paid' END,
                CASE WHEN o.cancelled THEN '' ELSE 'fulfilled' END,
-               CASE WHEN o.cancelled THEN {_stamp('o.at + 3600')} END, o.test, {ordinal}
+               CASE WHEN o.cancelled THEN {_stamp('o.at + 3600')} END, o.test, {ordinal},
+               '{{' || array_to_string(p.ids, ',') || '}}'
         FROM o
+        JOIN (SELECT li.order_id, list_sort(list_distinct(list(v.product_id))) AS ids
+              FROM li JOIN variant v ON v.v = li.variant AND v.store_id = li.store_id
+              GROUP BY li.order_id) AS p ON p.order_id = o.id
         LEFT JOIN lookup k ON k.kind = 'code' AND k.i = o.code
         LEFT JOIN lookup u ON u.kind = 'campaign' AND u.i = o.campaign
         JOIN lookup s ON s.kind = 'source' AND s.i = o.source
@@ -331,6 +336,8 @@ def load(dataset: Dataset, *, block: int = 1 << 20) -> None:
                         row[index] = None if column in nullable else ""
                     elif column == "test":
                         row[index] = row[index] == "true"
+                    elif column == "product_ids":  # PostgreSQL's array literal, a JSON list in SQLite
+                        row[index] = f"[{row[index][1:-1]}]"
                     elif column in stamps:
                         row[index] = row[index].removesuffix("+00")  # Django keeps naive UTC text in SQLite
             cursor.executemany(f"INSERT INTO {table} ({column_list}) VALUES ({marks})", rows)

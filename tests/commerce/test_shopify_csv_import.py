@@ -107,6 +107,31 @@ def test_products_imported_after_orders_still_get_linked(store, shopify_csv_dir)
     assert summary.line_items_linked == LineItem.objects.filter(store=store).count()
 
 
+def _products_by_order(store):
+    """Each order's products as the order keeps them, and as its lines say."""
+    kept = dict(Order.objects.filter(store=store).values_list("name", "product_ids"))
+    lines: dict[str, set[int]] = {name: set() for name in kept}
+    for name, product_id in LineItem.objects.filter(store=store, product__isnull=False).values_list(
+            "order__name", "product_id"):
+        lines[name].add(product_id)
+    return kept, {name: sorted(ids) for name, ids in lines.items()}
+
+
+def test_every_ingest_keeps_each_orders_products_as_its_lines_have_them(store, shopify_csv_dir):
+    shopify_csv_import(store=store, orders=_file(shopify_csv_dir, "orders_export.csv"))
+    kept, lines = _products_by_order(store)
+    assert kept == lines and set(map(tuple, kept.values())) == {()}  # known: none of them has a product yet
+    shopify_csv_import(store=store, products=_file(shopify_csv_dir, "products_export.csv"))  # links them
+    kept, lines = _products_by_order(store)
+    assert kept == lines and len(kept["#1001"]) == 2
+    # A re-export where #1001's second line is now the first product: the order's products follow.
+    orders = (shopify_csv_dir / "orders_export.csv").read_text(encoding="utf-8").replace(
+        ",1,藍染 湯呑み,2420.00,,,", ",1,煎茶 やぶきた - 100g,2420.00,,TEA-SEN-100,", 1)
+    shopify_csv_import(store=store, orders=CsvFile("orders_export.csv", orders.encode()))
+    kept, lines = _products_by_order(store)
+    assert kept == lines and len(kept["#1001"]) == 1
+
+
 def test_an_ingest_of_orders_links_its_lines_as_it_writes_them_and_leaves_older_unlinked_lines_unread(
         store, shopify_csv_dir):
     shopify_csv_import(store=store, products=_file(shopify_csv_dir, "products_export.csv"))

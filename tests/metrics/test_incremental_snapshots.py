@@ -137,6 +137,8 @@ class Shop:
         elif late == 3:  # an old order's line is edited to another product: no fact moves
             LineItem.objects.filter(order=victim).update(
                 product=self.ware if LineItem.objects.filter(order=victim, product=self.tea).exists() else self.tea)
+            # As every writer of lines does: its products are known again from its lines at the facts refresh.
+            Order.objects.filter(pk=victim.pk).update(product_ids=None)
             touched.add(victim.customer_id)
         elif late == 4:  # an old order is cancelled
             Order.objects.filter(pk=victim.pk).update(cancelled_at=noon)

@@ -43,6 +43,20 @@ def on_own_connection(function, *args):
     return thread
 
 
+def builder_pages(user, **fields):
+    """The builder's preview requests of ``user`` (``ask(name)`` posts ``fields`` with page "tab1" on the thread
+    that calls it), and their answers by name."""
+    answers = {}
+
+    def ask(name: str) -> None:
+        client = Client()
+        client.force_login(user)
+        answers[name] = client.post(reverse("admin:segments_conditionsegment_preview"),
+                                    {"page": "tab1", "exact": "1", **fields})
+
+    return ask, answers
+
+
 def test_a_page_is_named_by_its_user_and_a_token_without_wildcards():
     assert preview_key(7, "k3x9-lq2") == "7-k3x9-lq2"
     for unusable in ("", "a_b", "50%", "*/ DROP", "x" * 41):
@@ -79,24 +93,25 @@ def test_the_builder_answers_superseded_to_the_request_the_same_page_replaced(dj
     store = StoreFactory(shopify_domain="busy.myshopify.com")
     CustomerFactory.create_batch(3, store=store)
     user = django_user_model.objects.create_superuser("hanako", "h@example.jp", "pw")
-    url = reverse("admin:segments_conditionsegment_preview")
-    answers = {}
-
-    def ask(name: str) -> None:
-        client = Client()
-        client.force_login(user)
-        answers[name] = client.post(url, {"store": store.pk, "query": "number_of_orders >= 0", "page": "tab1",
-                                          "exact": "1"})
+    ask, answers = builder_pages(user, store=store.pk, query="number_of_orders >= 0")
 
     # The customers are locked, so the first preview waits (as a long count would run) until the second
     # arrives from the same page.
+    second = the_second_supersedes_the_first(ask, answers, f"{user.pk}-tab1", locked="commerce_customer")
+    assert (second.status_code, second.json()["count"]) == (200, 3)
+
+
+def the_second_supersedes_the_first(ask, answers, key: str, *, locked: str):
+    """With ``locked`` locked, so the first preview waits as a long count would, a second one from the same page
+    arrives: the first must answer "superseded" at once. Returns the second's answer, once the lock is gone."""
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("LOCK TABLE commerce_customer IN ACCESS EXCLUSIVE MODE")
+            cursor.execute(f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE")
         first = on_own_connection(ask, "first")
-        running(f"{user.pk}-tab1")
+        running(key)
         second = on_own_connection(ask, "second")
         first.join(30)
+        assert not first.is_alive(), "the first preview (or a part of it) was left running"
         assert (answers["first"].status_code, answers["first"].json()) == (409, {"ok": False, "superseded": True})
     second.join(30)
-    assert (answers["second"].status_code, answers["second"].json()["count"]) == (200, 3)
+    return answers["second"]

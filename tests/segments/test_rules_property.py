@@ -257,6 +257,44 @@ class CompiledRulesAgreeWithTheOracle(TestCase):
                 assert got == oracle.member_ids(tree), (to_text(tree), as_of, "facts table")
 
 
+# products_purchased conditions the orders' products answer on PostgreSQL (rules._ordered_products).
+ordered_products = st.builds(
+    lambda op, product, params: {"field": "products_purchased", "op": op, "params": {**product, **params}},
+    st.sampled_from(rules.FUNCTION_OPS),
+    st.fixed_dictionaries({}, optional={name: PRODUCT_PARAMS[name] for name in ("id", "tag")}).filter(bool),
+    st.fixed_dictionaries({}, optional={name: PRODUCT_PARAMS[name] for name in ("date", "order_number", "count")}),
+)
+
+
+class OrderProductsAgreeWithTheLines(TestCase):
+    """The orders' products (``Order.product_ids``, filled from the lines by the facts refresh) answer the
+    conditions they can exactly as the lines do, and as the oracle does."""
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        customers=st.lists(customer_spec, min_size=5, max_size=5),
+        orders=st.lists(order_spec, min_size=3, max_size=14),
+        conditions=st.lists(ordered_products, min_size=6, max_size=6),
+        days_back=st.sampled_from([0, 0, 45]),
+    )
+    def test_the_orders_products_select_what_the_lines_select(self, customers, orders, conditions, days_back):
+        store, today = build_store(customers, orders, days_back)
+        as_of = today - dt.timedelta(days=days_back)
+        oracle = Oracle(store, as_of=as_of, today=today)
+        by_orders = evaluation_context(store=store, as_of=as_of)
+        by_lines = evaluation_context(store=store, as_of=as_of)
+        by_lines.order_products_known = None
+        for tree in conditions:
+            tree = rules.check(tree)
+            members = rules.members_queryset(tree, by_orders)
+            if connection.vendor == "postgresql":
+                assert "product_ids" in str(members.query), to_text(tree)
+            got = set(members.values_list("id", flat=True))
+            lines = set(rules.members_queryset(tree, by_lines).values_list("id", flat=True))
+            assert "product_ids" not in str(rules.members_queryset(tree, by_lines).query)
+            assert got == lines == oracle.member_ids(tree), (to_text(tree), as_of, sorted(got ^ lines))
+
+
 @settings(max_examples=300, deadline=None)
 @given(tree=trees)
 def test_print_then_parse_is_the_identity_on_random_trees(tree):
