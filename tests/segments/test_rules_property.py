@@ -15,7 +15,7 @@ from ecpower.commerce.models import CustomerTag, LineItem, Order, ProductTag
 from ecpower.commerce.services import customer_facts_refresh
 from segments import rules
 from segments.query_language import parse, to_text
-from segments.selectors import evaluation_context, store_today
+from segments.selectors import evaluation_context, segment_preview, store_today
 from segments.services import segment_create, segment_recompute
 from tests.factories import CustomerFactory, ProductFactory, StoreFactory
 from tests.segments.oracle import Oracle
@@ -293,6 +293,15 @@ class OrderProductsAgreeWithTheLines(TestCase):
             lines = set(rules.members_queryset(tree, by_lines).values_list("id", flat=True))
             assert "product_ids" not in str(rules.members_queryset(tree, by_lines).query)
             assert got == lines == oracle.member_ids(tree), (to_text(tree), as_of, sorted(got ^ lines))
+            # The builder's preview: a rule of one such condition is counted from its buyers' orders alone
+            # (rules.ordered_products_buyers), with the same count and the same latest buyers first.
+            preview = segment_preview(store=store, tree=tree, as_of=as_of, sample_size=50)
+            latest = store.customers.filter(pk__in=lines).order_by("-last_order_at", "-id").values_list("pk", flat=True)
+            assert (preview.count, [c.pk for c in preview.sample]) == (len(lines), list(latest[:50])), to_text(tree)
+            count = tree["params"].get("count", {"op": ">", "value": 0})
+            if connection.vendor == "postgresql" and not days_back and tree["op"] == "matches" and not rules._satisfies(
+                    0, count["op"], rules._comparable(count["op"], count["value"])):
+                assert rules.ordered_products_buyers(tree, by_orders) is not None, to_text(tree)
 
 
 @settings(max_examples=300, deadline=None)
