@@ -229,7 +229,7 @@ def test_a_line_summary_that_cannot_be_written_leaves_each_segment_to_read_the_l
     monkeypatch.setattr(rules, "line_summary_create", broken)
     statements = _product_segments_recomputed(shop)
     # Each reads the lines, or on PostgreSQL its orders' products where those answer it (rules._ordered_products).
-    reading = [sql for sql in statements if f'FROM "{LineItem._meta.db_table}"' in sql or '"product_ids" &&' in sql]
+    reading = [sql for sql in statements if f'FROM "{LineItem._meta.db_table}"' in sql or "::bigint[] && " in sql]
     assert len(reading) == len(PRODUCT_CASES)
 
 
