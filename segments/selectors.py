@@ -138,6 +138,12 @@ def segment_preview(
     return Preview(count=count, sample=sample, query=to_text(tree), tree=tree, as_of=context.as_of)
 
 
+def _customer_id_bounds(store: Store) -> dict[str, int | None]:
+    """The store's lowest and highest customer id (``low``, ``high``; None without customers): two probes of
+    the (store, -id) index, the store's size as a range of ids without counting it."""
+    return Customer.objects.filter(store=store).aggregate(low=Min("id"), high=Max("id"))
+
+
 def _preview_parts(store: Store, tree: dict) -> list[tuple[int, int]] | None:
     """The ranges of customer ids an exact count is split into, one per connection, or None to count on this
     one: a rule over orders or line items on a store of more than ``settings.PREVIEW_ESTIMATE_ABOVE``
@@ -146,7 +152,7 @@ def _preview_parts(store: Store, tree: dict) -> list[tuple[int, int]] | None:
     if (threads < 2 or connection.vendor != "postgresql" or connection.in_atomic_block
             or not rules.reads_orders(tree)):
         return None
-    bounds = Customer.objects.filter(store=store).aggregate(low=Min("id"), high=Max("id"))
+    bounds = _customer_id_bounds(store)
     if bounds["low"] is None or bounds["high"] - bounds["low"] < settings.PREVIEW_ESTIMATE_ABOVE:
         return None
     low, high = bounds["low"], bounds["high"] + 1
@@ -201,6 +207,11 @@ def _rule_counted(tree: dict, context: rules.EvaluationContext, sample_size: int
         cursor.execute(f"SELECT customer_id, COUNT(*) OVER () FROM ({sql}) AS buyers"
                        f" ORDER BY last_at DESC, customer_id DESC LIMIT %s", [*params, sample_size])
         rows = cursor.fetchall()
+    return _counted_sample(rows)
+
+
+def _counted_sample(rows: list[tuple[int, int]]) -> tuple[int, list[Customer]]:
+    """From (customer id, members in all) rows in the sample's order: the count and the sample's customers."""
     if not rows:
         return 0, []
     shown = Customer.objects.in_bulk([pk for pk, _total in rows])
@@ -221,10 +232,7 @@ def _members_counted(members: QuerySet, sample_size: int) -> tuple[int, list[Cus
         return members.count(), []
     rows = list(members.annotate(members_total=Window(Count("pk"))).order_by("-last_order_at", "-id")
                 .values_list("pk", "members_total")[:sample_size])
-    if not rows:
-        return 0, []
-    shown = Customer.objects.in_bulk([pk for pk, _total in rows])
-    return rows[0][1], [shown[pk] for pk, _total in rows]
+    return _counted_sample(rows)
 
 
 def _preview_estimate(store: Store, tree: dict, as_of: dt.date | None, sample_size: int) -> Preview | None:
@@ -236,7 +244,7 @@ def _preview_estimate(store: Store, tree: dict, as_of: dt.date | None, sample_si
     estimate. A random draw, not every k-th id: generated stores showed structure by id that made
     systematic samples err twice as much as the margin says (docs/performance.md).
     """
-    bounds = Customer.objects.filter(store=store).aggregate(low=Min("id"), high=Max("id"))
+    bounds = _customer_id_bounds(store)
     if bounds["low"] is None:
         return None
     span = bounds["high"] - bounds["low"] + 1
