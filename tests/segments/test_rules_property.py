@@ -303,7 +303,6 @@ class OrderProductsAgreeWithTheLines(TestCase):
                     0, count["op"], rules._comparable(count["op"], count["value"])):
                 assert rules.ordered_products_buyers(tree, by_orders) is not None, to_text(tree)
 
-
     def test_a_buyers_orders_on_the_first_day_of_the_window_count_in_the_preview(self):
         # The buyers' count groups only the orders from the date test's first day on (rules._date_start):
         # orders at half past midnight on that day, the day before and the day after.
