@@ -87,18 +87,26 @@ def capture(store: Store, purpose: str, table: str) -> Capture:
         temp_table_empty(cursor, table)
         if connection.vendor == "postgresql":
             # One pass over each side: a full join finds new, changed and deleted customers at once, and
-            # the digest is computed before the join (OFFSET 0 keeps the subquery whole), so the hash
-            # table holds an id and a digest rather than every column the digest reads. At 1M customers
-            # 2.5 s → 1.6 s; with the text digest and a second pass for the deleted, 3.0 s.
+            # the digest is computed before the join (``now`` is read twice, so it is materialized), so the
+            # hash table holds an id and a digest rather than every column the digest reads. At 1M
+            # customers 2.5 s → 1.6 s; with the text digest and a second pass for the deleted, 3.0 s. The
+            # same pass counts the store's customers: counting them in a query of their own read them
+            # again (on a slow day 3.2–3.3 s for the digests plus 0.7–0.8 s for the count, against
+            # 3.3–3.4 s for both in this statement).
             cursor.execute(
-                f"""INSERT INTO {table} (customer_id, digest)
-                    SELECT COALESCE(now.id, s.customer_id), now.digest
-                    FROM (SELECT c.id, {digest_sql()} AS digest FROM {customers} c WHERE c.store_id = %s
-                          OFFSET 0) now
-                    FULL JOIN (SELECT customer_id, digest FROM {stored} WHERE store_id = %s AND purpose = %s) s
-                        ON s.customer_id = now.id
-                    WHERE now.id IS NULL OR s.digest IS NULL OR s.digest <> now.digest""",
+                f"""WITH now AS (SELECT c.id, {digest_sql()} AS digest FROM {customers} c WHERE c.store_id = %s),
+                    moved AS (
+                        INSERT INTO {table} (customer_id, digest)
+                        SELECT COALESCE(now.id, s.customer_id), now.digest
+                        FROM now
+                        FULL JOIN (SELECT customer_id, digest FROM {stored} WHERE store_id = %s AND purpose = %s) s
+                            ON s.customer_id = now.id
+                        WHERE now.id IS NULL OR s.digest IS NULL OR s.digest <> now.digest
+                        RETURNING 1)
+                    SELECT (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM now)""",
                 [store.pk, store.pk, purpose])
+            changed, everyone = cursor.fetchone()
+            cursor.execute(f"ANALYZE {table}")
         else:  # FULL JOIN needs SQLite 3.39
             cursor.execute(
                 f"""INSERT INTO {table} (customer_id, digest)
@@ -110,13 +118,11 @@ def capture(store: Store, purpose: str, table: str) -> Capture:
                     SELECT s.customer_id, NULL FROM {stored} s WHERE s.store_id = %s AND s.purpose = %s
                     AND NOT EXISTS (SELECT 1 FROM {customers} c WHERE c.id = s.customer_id AND c.store_id = %s)""",
                 [store.pk, store.pk, purpose, store.pk, purpose, store.pk])
-        changed = cursor.rowcount
-        if connection.vendor == "postgresql":
-            cursor.execute(f"ANALYZE {table}")
+            changed, everyone = cursor.rowcount, Customer.objects.filter(store=store).count()
     newest = CustomerTagEvent.objects.filter(store=store).aggregate(newest=Max("id"))["newest"] or 0
     return Capture(purpose=purpose, tag_event_id=newest, catalogue=catalogue_digest(store),
                    captured_at=timezone.now(), digests=table, changed=changed,
-                   customers=Customer.objects.filter(store=store).count())
+                   customers=everyone)
 
 
 def catalogue_digest(store: Store) -> str:

@@ -51,6 +51,13 @@ def test_capture_finds_new_changed_and_deleted_customers_of_its_store_only(db):
     found = captured(store)
     assert set(found) == {edited.pk, refreshed.pk, new.pk, gone_id}
     assert found[gone_id] is None and all(found[pk] for pk in (edited.pk, refreshed.pk, new.pk))
+    # The share of the store that changed decides how a daily run evaluates: the deleted customer is a
+    # change, not one of the store's customers, and the other store's customers count for neither.
+    taken = changes.capture(store, "recompute", TABLE)
+    assert (taken.changed, taken.customers, taken.changed_share) == (4, 4, 1.0)
+    keep(store)
+    taken = changes.capture(store, "recompute", TABLE)
+    assert (taken.changed, taken.customers, taken.changed_share) == (0, 4, 0.0)
     # Another purpose keeps its own baseline: without one, every customer of the store is new to it.
     assert set(captured(store, purpose="snapshots")) == {kept.pk, edited.pk, refreshed.pk, new.pk}
     assert set(captured(other)) == {elsewhere.pk}
