@@ -94,7 +94,11 @@
     if (data.ok && data.estimated) run(true);
   }
 
-  function schedule() { clearTimeout(timer); timer = setTimeout(() => run(false), 300); }
+  function schedule() {
+    clearTimeout(timer);
+    sequence++; // an answer still on its way is for the query as it was: not shown
+    timer = setTimeout(() => run(false), 300);
+  }
   query.addEventListener("input", schedule);
   if (storeSelect) storeSelect.addEventListener("change", schedule);
 

@@ -67,6 +67,7 @@
 
   function schedule() {
     clearTimeout(timer);
+    sequence++;  // an answer still on its way is for what the form held before: not shown
     timer = setTimeout(preview, 300);
   }
 
