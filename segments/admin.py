@@ -31,6 +31,7 @@ from ecpower.admin_access import (
     scoped_object_or_404,
     writable_stores,
 )
+from ecpower.admin_deletion import CountedDeletionAdmin
 from ecpower.commerce.models import Customer
 from segments import exports, rules
 from segments.admin_lists import ListSegmentAdminMixin
@@ -130,7 +131,7 @@ class ExportForm(forms.Form):
     ])
 
 
-class SegmentAdminBase(StoreScopedAdmin):
+class SegmentAdminBase(CountedDeletionAdmin, StoreScopedAdmin):
     list_display = ("name", "slug", "status_badge", "member_count", "last_computed_at", "duration", "store")
     list_filter = ("store", "status", "groups")
     search_fields = ("name", "slug", "description", "query")

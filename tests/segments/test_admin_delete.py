@@ -1,0 +1,66 @@
+"""Deleting segments in the admin: the confirmation counts what goes with them instead of listing every row."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from metrics.models import SegmentSnapshot, SnapshotCursor, SnapshotMember
+from metrics.snapshots import snapshots_update
+from segments.models import Membership, MembershipEvent, Segment, SegmentVersion
+from segments.services import segment_create, segment_recompute
+from tests.factories import CustomerFactory, StoreFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def tagged_segment(customers: int):
+    store = StoreFactory()
+    for _ in range(customers):
+        CustomerFactory(store=store).tags.create(store=store, name="vip")
+    segment = segment_create(store=store, name="VIP", slug="vip", query="customer_tags CONTAINS 'vip'")
+    segment_recompute(segment=segment)
+    return segment
+
+
+def confirmation(staff_client, segment):
+    url = reverse("admin:segments_conditionsegment_delete", args=[segment.pk])
+    with CaptureQueriesContext(connection) as queries:
+        response = staff_client.get(url)
+    assert response.status_code == 200
+    return response.content.decode(), len(queries)
+
+
+def test_the_confirmation_counts_the_rows_that_go_and_its_queries_do_not_grow_with_them(staff_client):
+    small, large = tagged_segment(3), tagged_segment(40)
+    page, small_queries = confirmation(staff_client, small)
+    # The summary: each kind of row with how many go (memberships, their join events, the version).
+    assert "<li>Memberships: 3</li>" in page or "<li>メンバーシップ: 3</li>" in page
+    assert "∈" not in page  # no membership listed one by one
+    assert f'href="/admin/segments/conditionsegment/{small.pk}/change/"' in page
+    page, large_queries = confirmation(staff_client, large)
+    assert "Memberships: 40" in page or "メンバーシップ: 40" in page
+    assert large_queries == small_queries
+
+
+def test_confirming_deletes_the_segment_with_its_rows_and_nothing_of_another(staff_client):
+    kept, gone = tagged_segment(2), tagged_segment(5)
+    snapshots_update(store=gone.store)  # a day's snapshot, its kept members and cursor
+    assert SnapshotMember.objects.filter(segment=gone).count() == 5
+    response = staff_client.post(reverse("admin:segments_conditionsegment_delete", args=[gone.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    assert not Segment.objects.filter(pk=gone.pk).exists()
+    for model in (Membership, MembershipEvent, SegmentVersion, SegmentSnapshot, SnapshotMember, SnapshotCursor):
+        assert not model.objects.filter(segment_id=gone.pk).exists(), model
+    assert Membership.objects.filter(segment=kept).count() == 2
+
+
+def test_the_bulk_delete_action_counts_every_chosen_segment(staff_client):
+    first, second = tagged_segment(2), tagged_segment(3)
+    response = staff_client.post(reverse("admin:segments_conditionsegment_changelist"),
+                                 {"action": "delete_selected", "_selected_action": [first.pk, second.pk]})
+    page = response.content.decode()
+    assert "Memberships: 5" in page or "メンバーシップ: 5" in page
+    assert "Condition segments: 2" in page or "条件型セグメント: 2" in page
