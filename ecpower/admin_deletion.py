@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.contrib.admin.utils import quote
+from django.core.exceptions import FieldDoesNotExist
 from django.db import models
 from django.db.models.deletion import get_candidate_relations_to_delete
 from django.urls import NoReverseMatch, reverse
@@ -21,9 +22,15 @@ from django.utils.text import capfirst
 MAX_DEPTH = 4  # cascades deeper than this are not followed (none of our models nest that deep)
 
 
-def cascade_querysets(queryset: models.QuerySet) -> dict[type[models.Model], models.QuerySet]:
+def cascade_querysets(queryset: models.QuerySet, owner_field: str | None = None
+                      ) -> dict[type[models.Model], models.QuerySet]:
     """Every model a deletion of ``queryset`` cascades to, with the query of its rows that go (the rows a
-    model is reached by along several paths are counted once: the paths are OR-ed)."""
+    model is reached by along several paths are counted once: the paths are OR-ed).
+
+    ``owner_field``: the rows of a model with this foreign key to the deleted objects' model are the
+    ones it names (``store``: every row of a store's data names its store), one indexed lookup instead
+    of the OR of every path (a store's line items are reached through its orders, customers and
+    products too)."""
     edges: dict[type[models.Model], list[tuple[str, type[models.Model]]]] = {}
 
     def walk(model: type[models.Model], path: tuple[type[models.Model], ...]) -> None:
@@ -40,7 +47,16 @@ def cascade_querysets(queryset: models.QuerySet) -> dict[type[models.Model], mod
     walk(root, (root,))
     found: dict[type[models.Model], models.QuerySet] = {root: queryset}
 
+    def owned(model: type[models.Model]) -> bool:
+        try:
+            field = model._meta.get_field(owner_field) if owner_field else None
+        except FieldDoesNotExist:
+            return False
+        return field is not None and field.many_to_one and field.related_model._meta.concrete_model is root
+
     def rows(model: type[models.Model]) -> models.QuerySet:
+        if model not in found and owned(model):
+            found[model] = model._base_manager.filter(**{f"{owner_field}__in": queryset.values("pk")})
         if model not in found:
             condition = models.Q()
             for field, parent in edges[model]:
@@ -69,13 +85,15 @@ class CountedDeletionAdmin:
     segments).
     """
 
+    deletion_owner_field: str | None = None  # see cascade_querysets
+
     def get_deleted_objects(self, objs: Iterable[models.Model], request):
         objs = list(objs)
         model = self.model
         queryset = model._base_manager.filter(pk__in=[obj.pk for obj in objs])
         chosen = [self._deleted_object_line(obj) for obj in objs]
         counts = {model._meta.verbose_name_plural: len(objs)}
-        for related, rows in cascade_querysets(queryset).items():
+        for related, rows in cascade_querysets(queryset, self.deletion_owner_field).items():
             number = rows.count()
             if number:
                 counts[related._meta.verbose_name_plural] = number

@@ -9,6 +9,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from ecpower.admin_access import OWNER_ONLY, StoreScopedAdmin, StoreScopedInline, writable_stores
+from ecpower.admin_deletion import CountedDeletionAdmin
 from ecpower.commerce.access import api_key_create, api_key_revoke
 from ecpower.commerce.models import (
     ApiKey,
@@ -24,13 +25,15 @@ from ecpower.commerce.models import (
     Store,
     StoreMembership,
 )
+from ecpower.commerce.services import store_delete
 from ecpower.commerce.tasks import csv_import_enqueue
 
 
 @admin.register(Store)
-class StoreAdmin(StoreScopedAdmin):
+class StoreAdmin(CountedDeletionAdmin, StoreScopedAdmin):
     store_lookup = "pk"
     write_roles = OWNER_ONLY
+    deletion_owner_field = "store"  # the delete page counts each table's rows of the store
 
     def has_add_permission(self, request, *args):
         return request.user.is_superuser  # a store is added once, by the operator
@@ -41,6 +44,13 @@ class StoreAdmin(StoreScopedAdmin):
         (None, {"fields": ("name", "shopify_domain", "time_zone", "currency")}),
         (_("Segments and tags"), {"fields": ("tag_prefix", "notification_email", "daily_run_hour")}),
     )
+
+    def delete_model(self, request, obj):
+        store_delete(store=obj)  # set-based: the ORM's collection of a large store's rows does not finish
+
+    def delete_queryset(self, request, queryset):
+        for store in queryset:
+            store_delete(store=store)
 
 
 class CustomerTagInline(StoreScopedInline, admin.TabularInline):

@@ -396,3 +396,12 @@ def store_data_delete(*, store: Store) -> None:
             status="new", member_count=0, last_joined=0, last_left=0, holdout_count=0, baseline=0,
             last_computed_for=None,
         )
+
+
+def store_delete(*, store: Store) -> None:
+    """Delete a store and everything of it: its customers, orders and products set-based
+    (``store_data_delete``), then the store row with what is left (segments, connections, jobs, daily
+    runs, keys, members), which the ORM's cascade collects: few rows at any store size."""
+    with transaction.atomic():
+        store_data_delete(store=store)
+        store.delete()
