@@ -71,8 +71,8 @@ class SegmentSnapshot(models.Model):
             models.Index(fields=["store", "date"], name="snapshot_store_date"),
         ]
 
-    def __str__(self) -> str:
-        return f"{self.segment_id} {self.date}"
+    def __str__(self) -> str:  # the admin's title of one snapshot
+        return f"{self.segment} · {self.date}"
 
 
 class SnapshotMember(models.Model):

@@ -289,8 +289,8 @@ class MembershipEvent(models.Model):
             models.Index(fields=["segment", "customer", "date"], name="membership_event_seg_customer"),
         ]
 
-    def __str__(self) -> str:
-        return f"{self.customer_id} {self.kind} {self.segment_id} {self.date}"
+    def __str__(self) -> str:  # the admin's title of one event: who, what, where, when
+        return f"{self.customer} · {self.get_kind_display()} · {self.segment} · {self.date}"
 
 
 class ListUpload(models.Model):

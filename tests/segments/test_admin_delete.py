@@ -1,4 +1,4 @@
-"""Deleting segments in the admin: the confirmation counts what goes with them instead of listing every row."""
+"""Segments in the admin: delete pages that count what goes instead of listing every row; titles that name."""
 
 from __future__ import annotations
 
@@ -64,3 +64,14 @@ def test_the_bulk_delete_action_counts_every_chosen_segment(staff_client):
     page = response.content.decode()
     assert "Memberships: 5" in page or "メンバーシップ: 5" in page
     assert "Condition segments: 2" in page or "条件型セグメント: 2" in page
+
+
+def test_an_event_and_a_snapshot_are_titled_by_their_customer_segment_and_day(staff_client):
+    segment = tagged_segment(1)
+    event = MembershipEvent.objects.get(segment=segment)
+    page = staff_client.get(reverse("admin:segments_membershipevent_change", args=[event.pk])).content.decode()
+    assert f"<h2>{event.customer} · {event.get_kind_display()} · VIP · {event.date}</h2>" in page
+    snapshots_update(store=segment.store)
+    snapshot = SegmentSnapshot.objects.get(segment=segment)
+    page = staff_client.get(reverse("admin:metrics_segmentsnapshot_change", args=[snapshot.pk])).content.decode()
+    assert f"<h2>VIP · {snapshot.date}</h2>" in page
