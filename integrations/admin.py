@@ -177,6 +177,7 @@ class TagOperationAdmin(ReadOnlyAdmin):
     search_fields = ("=shopify_customer_id", "customer__email")
     raw_id_fields = ("customer", "job")
     list_select_related = ("customer", "job")
+    show_full_result_count = False  # a sync job has one row per customer and tag
 
 
 @admin.register(AppliedTag)
@@ -186,6 +187,7 @@ class AppliedTagAdmin(ReadOnlyAdmin):
     search_fields = ("customer__email",)
     list_select_related = ("customer", "store")
     raw_id_fields = ("customer",)
+    show_full_result_count = False
 
 
 @admin.register(WebhookDelivery)

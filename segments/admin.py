@@ -516,6 +516,7 @@ class MembershipEventAdmin(StoreScopedAdmin):
     date_hierarchy = "date"
     list_select_related = ("segment", "customer")
     readonly_fields = ("store", "segment", "customer", "kind", "date", "created_at")
+    show_full_result_count = False  # a large store has millions: a filtered page counts its own rows only
 
     def has_add_permission(self, request):
         return False

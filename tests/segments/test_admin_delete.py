@@ -75,3 +75,15 @@ def test_an_event_and_a_snapshot_are_titled_by_their_customer_segment_and_day(st
     snapshot = SegmentSnapshot.objects.get(segment=segment)
     page = staff_client.get(reverse("admin:metrics_segmentsnapshot_change", args=[snapshot.pk])).content.decode()
     assert f"<h2>VIP · {snapshot.date}</h2>" in page
+
+
+def test_a_filtered_list_of_events_does_not_count_every_event_of_the_database(staff_client):
+    segment, _other = tagged_segment(2), tagged_segment(3)
+    url = reverse("admin:segments_membershipevent_changelist")
+    with CaptureQueriesContext(connection) as queries:
+        response = staff_client.get(url, {"segment__id__exact": segment.pk})
+    assert response.status_code == 200
+    counts = [q["sql"] for q in queries.captured_queries
+              if "COUNT(" in q["sql"] and "segments_membershipevent" in q["sql"]]
+    assert counts and all("WHERE" in sql for sql in counts)
+    assert response.context["cl"].result_count == 2
