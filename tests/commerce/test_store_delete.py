@@ -52,3 +52,11 @@ def test_confirming_deletes_the_store_and_all_of_its_rows_and_nothing_of_another
     assert not Membership.objects.filter(segment__store_id=gone.pk).exists()
     assert Customer.objects.filter(store=kept).count() == 2
     assert Membership.objects.filter(segment__store=kept).count() == 2
+
+
+def test_confirming_does_not_count_the_rows_again(staff_client):
+    store = store_with(2)
+    with CaptureQueriesContext(connection) as captured:
+        staff_client.post(reverse("admin:commerce_store_delete", args=[store.pk]), {"post": "yes"})
+    assert not [q["sql"] for q in captured.captured_queries if "COUNT(" in q["sql"]]
+    assert not Store.objects.filter(pk=store.pk).exists()
