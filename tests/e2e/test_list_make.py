@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-
 import pytest
 
 from segments.models import ListSegment, Membership
-from segments.services import segment_create, segment_recompute
 from tests.e2e.conftest import SCREENSHOTS, admin_login
-from tests.factories import CustomerFactory, StoreFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def tagged_store(django_user_model):
-    """Ten customers: 0–5 tagged vip, the even ones unsub; a segment of each tag; an admin, hanako."""
-    store = StoreFactory(name="茶舗", shopify_domain="tea.myshopify.com")
-    people = [CustomerFactory(store=store, email=f"p{i}@example.jp") for i in range(10)]
-    for i, person in enumerate(people):
-        if i < 6:
-            person.tags.create(store=store, name="vip")
-        if i % 2 == 0:
-            person.tags.create(store=store, name="unsub")
-    for slug in ("vip", "unsub"):
-        segment_recompute(segment=segment_create(store=store, name=slug.upper(), slug=slug,
-                                                 query=f"customer_tags CONTAINS '{slug}'"))
-    django_user_model.objects.create_superuser("hanako", "hanako@example.jp", "pw-for-tests")
-    return store, people
 
 
 def test_make_a_list_with_live_count_then_from_a_csv(browser_page, live_server, tagged_store, tmp_path):
@@ -83,46 +61,3 @@ def test_make_a_list_with_live_count_then_from_a_csv(browser_page, live_server, 
     assert list(Membership.objects.filter(segment=uploaded).values_list("customer_id", flat=True)) == [people[1].pk]
     # The report is written in the language of the person who uploaded (the browser asks for Japanese).
     assert uploaded.upload.unmatched == [[3, "nobody@example.jp", "このメールアドレスの顧客はストアにいません。"]]
-
-
-def test_an_answer_for_what_the_form_held_before_the_last_keystroke_is_not_shown(
-        browser_page, live_server, tagged_store):
-    """The preview asks 300 ms after the last keystroke. An answer to the expression as it was, arriving in
-    that pause, is not shown: the count then would not be the expression's in the form. The page's clock
-    is Playwright's here, so the pause lasts until the test moves it on."""
-    store, _people = tagged_store
-    page = browser_page
-    admin_login(page, live_server, "hanako", "pw-for-tests")
-
-    held = []  # the answer to "vip - unsub" waits until the user has typed on
-
-    def hold_the_first_question(route, request):
-        if "vip - unsub" in (request.post_data or "") and not held:
-            held.append(route)
-        else:
-            route.continue_()
-
-    page.clock.install(time=dt.datetime(2026, 12, 1, 9, tzinfo=dt.UTC))
-    page.route(re.compile(r".*/listsegment/preview/$"), hold_the_first_question)
-    page.goto(f"{live_server.url}/admin/segments/listsegment/add/")
-    page.clock.pause_at(dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC))  # from here on, time moves when the test says
-    page.select_option("#id_store", str(store.pk))
-    page.check("input[name=origin][value=expression]")
-    page.fill("#id_expression", "vip - unsub")
-    page.clock.run_for(400)  # the pause ends: the page asks
-    for _ in range(100):
-        if held:
-            break
-        page.wait_for_timeout(50)
-    assert len(held) == 1
-
-    page.fill("#id_expression", "vip")  # its question waits for the pause to end
-    with page.expect_response(lambda response: "vip - unsub" in (response.request.post_data or "")):
-        held[0].continue_()
-    page.wait_for_timeout(300)  # real time, for the page to read the answer
-    assert page.locator("#list-preview-definition").inner_text() == ""
-    assert page.locator("#list-preview-count strong").count() == 0  # still "checking", not 3
-
-    page.clock.run_for(400)
-    page.wait_for_function("document.querySelector('#list-preview-definition').textContent === 'vip'")
-    assert page.locator("#list-preview-count strong").inner_text() == "6"
