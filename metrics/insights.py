@@ -75,14 +75,16 @@ def popular_tags(segment: Segment, limit: int = 100) -> list[dict]:
 
 
 def _member_lines(segment: Segment):
-    return LineItem.objects.filter(store=segment.store, order__ordinal__isnull=False,
-                                   order__customer_id__in=_members(segment))
+    # The lines' copies of their order's customer and ordinal (kept by customer_facts_refresh, as
+    # products_purchased reads them): no join with the orders (a segment of 60,000 members of 100,000
+    # customers: 1.7 s → 1.2 s per table).
+    return LineItem.objects.filter(store=segment.store, ordinal__isnull=False, customer_id__in=_members(segment))
 
 
 def _product_rows(lines, key: str, limit: int) -> list[dict]:
     return list(
         lines.values(key).annotate(
-            orders=Count("order_id", distinct=True), buyers=Count("order__customer_id", distinct=True),
+            orders=Count("order_id", distinct=True), buyers=Count("customer_id", distinct=True),
             units=Sum("quantity"), revenue=Sum(F("unit_price") * F("quantity") - F("discount")),
         ).order_by("-revenue", key)[:limit]
     )

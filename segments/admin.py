@@ -511,9 +511,10 @@ class ListSegmentAdmin(ListSegmentAdminMixin, SegmentAdminBase):
 @admin.register(MembershipEvent)
 class MembershipEventAdmin(StoreScopedAdmin):
     list_display = ("date", "kind", "segment", "customer")
-    list_filter = ("kind", "segment__store", "segment")
+    # A date filter, not a date hierarchy: the hierarchy reads the distinct dates of every event on each page
+    # (0.95 s at 100,000 customers).
+    list_filter = ("kind", "date", "segment__store", "segment")
     search_fields = ("customer__email",)
-    date_hierarchy = "date"
     list_select_related = ("segment", "customer")
     readonly_fields = ("store", "segment", "customer", "kind", "date", "created_at")
     show_full_result_count = False  # a large store has millions: a filtered page counts its own rows only

@@ -108,11 +108,13 @@ class LineItemInline(StoreScopedInline, admin.TabularInline):
 @admin.register(Order)
 class OrderAdmin(StoreScopedAdmin):
     list_display = ("name", "customer", "created_at", "ordinal", "total", "refunded_amount", "financial_status", "cancelled_at", "source_name", "store")
-    list_filter = ("store", "financial_status", "test", "source_name", "utm_campaign")
-    search_fields = ("name", "email", "discount_code", "=shopify_id")
+    # Filters whose choices cost nothing: a source or campaign filter lists the distinct values of every
+    # order and a date hierarchy the distinct months (at 100,000 customers 0.3–0.4 s each per page,
+    # seconds at a million), so those are searched for instead.
+    list_filter = ("store", "financial_status", "test", "created_at")
+    search_fields = ("name", "email", "discount_code", "=shopify_id", "=source_name", "=utm_campaign")
     list_select_related = ("customer", "store")
     raw_id_fields = ("customer",)
-    date_hierarchy = "created_at"
     show_full_result_count = False
     readonly_fields = ("ordinal",)
     inlines = (LineItemInline,)
