@@ -28,9 +28,9 @@ def cascade_querysets(queryset: models.QuerySet, owner_field: str | None = None
     model is reached by along several paths are counted once: the paths are OR-ed).
 
     ``owner_field``: the rows of a model with this foreign key to the deleted objects' model are the
-    ones it names (``store``: every row of a store's data names its store), one indexed lookup instead
-    of the OR of every path (a store's line items are reached through its orders, customers and
-    products too)."""
+    ones it names (``store``: every row of a store's data names its store), one condition instead of
+    the OR of every path (a store's line items are reached through its orders, customers and products
+    too)."""
     edges: dict[type[models.Model], list[tuple[str, type[models.Model]]]] = {}
 
     def walk(model: type[models.Model], path: tuple[type[models.Model], ...]) -> None:
@@ -67,14 +67,12 @@ def cascade_querysets(queryset: models.QuerySet, owner_field: str | None = None
     return {model: rows(model) for model in edges}
 
 
-def protected_rows(queryset: models.QuerySet) -> list[str]:
-    """What stops the deletion (rows of models that protect their link to these objects), as text."""
-    blockers = []
-    for relation in get_candidate_relations_to_delete(queryset.model._meta.concrete_model._meta):
-        if relation.on_delete in (models.PROTECT, models.RESTRICT):
-            related = relation.related_model._base_manager.filter(**{f"{relation.field.name}__in": queryset})
-            blockers.extend(f"{capfirst(related.model._meta.verbose_name)}: {row}" for row in related[:20])
-    return blockers
+def protection_possible(model: type[models.Model]) -> bool:
+    """Whether a model that a deletion of ``model`` reaches protects its link (``PROTECT``, ``RESTRICT``):
+    then Django's own page, which finds and names the protecting rows, is used instead (none of ours does)."""
+    reached = [model._meta.concrete_model, *cascade_querysets(model._base_manager.none())]
+    return any(relation.on_delete in (models.PROTECT, models.RESTRICT)
+               for reached_model in reached for relation in get_candidate_relations_to_delete(reached_model._meta))
 
 
 class CountedDeletionAdmin:
@@ -90,6 +88,8 @@ class CountedDeletionAdmin:
     def get_deleted_objects(self, objs: Iterable[models.Model], request):
         objs = list(objs)
         model = self.model
+        if protection_possible(model):
+            return super().get_deleted_objects(objs, request)
         queryset = model._base_manager.filter(pk__in=[obj.pk for obj in objs])
         chosen = [self._deleted_object_line(obj) for obj in objs]
         counts = {model._meta.verbose_name_plural: len(objs)}
@@ -103,7 +103,7 @@ class CountedDeletionAdmin:
         perms_needed = set()
         if not all(self.has_delete_permission(request, obj) for obj in objs):
             perms_needed.add(model._meta.verbose_name)
-        return chosen, counts, perms_needed, protected_rows(queryset)
+        return chosen, counts, perms_needed, []
 
     def _deleted_object_line(self, obj: models.Model) -> str:
         opts = obj._meta
