@@ -4,7 +4,9 @@ The database comes from DATABASE_URL (``make test`` points it at PostgreSQL when
 127.0.0.1:5432, else SQLite).
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Tests run the production code path whatever a local .env says.
@@ -19,4 +21,6 @@ LANGUAGE_CODE = "en"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 MEDIA_ROOT = tempfile.mkdtemp(prefix="ecpower-test-media-")
+_MEDIA_OWNER = os.getpid()  # a forked worker inherits this hook; only the process that made the folder removes it
+atexit.register(lambda: os.getpid() == _MEDIA_OWNER and shutil.rmtree(MEDIA_ROOT, ignore_errors=True))
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}
