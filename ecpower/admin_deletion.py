@@ -9,6 +9,8 @@ go with them, counted in the database.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable
 
 from django.contrib.admin.utils import quote
@@ -22,6 +24,12 @@ from django.utils.text import capfirst
 MAX_DEPTH = 4  # cascades deeper than this are not followed (none of our models nest that deep)
 
 
+def cascades(on_delete) -> bool:
+    """``models.CASCADE``, or a cascade of our own that says how it finds its rows (``narrow``, e.g.
+    ``segments.models.CASCADE_THROUGH_SEGMENTS``)."""
+    return on_delete is models.CASCADE or hasattr(on_delete, "narrow")
+
+
 def cascade_querysets(queryset: models.QuerySet, owner_field: str | None = None
                       ) -> dict[type[models.Model], models.QuerySet]:
     """Every model a deletion of ``queryset`` cascades to, with the query of its rows that go (the rows a
@@ -31,14 +39,14 @@ def cascade_querysets(queryset: models.QuerySet, owner_field: str | None = None
     ones it names (``store``: every row of a store's data names its store), one condition instead of
     the OR of every path (a store's line items are reached through its orders, customers and products
     too)."""
-    edges: dict[type[models.Model], list[tuple[str, type[models.Model]]]] = {}
+    edges: dict[type[models.Model], list[tuple[models.Field, type[models.Model]]]] = {}
 
     def walk(model: type[models.Model], path: tuple[type[models.Model], ...]) -> None:
         for relation in get_candidate_relations_to_delete(model._meta.concrete_model._meta):
             child = relation.related_model._meta.concrete_model
-            if relation.on_delete is not models.CASCADE or child in path or len(path) > MAX_DEPTH:
+            if not cascades(relation.on_delete) or child in path or len(path) > MAX_DEPTH:
                 continue
-            pair = (relation.field.name, model._meta.concrete_model)
+            pair = (relation.field, model._meta.concrete_model)
             if pair not in edges.setdefault(child, []):
                 edges[child].append(pair)
             walk(child, (*path, child))
@@ -58,21 +66,23 @@ def cascade_querysets(queryset: models.QuerySet, owner_field: str | None = None
         if model not in found and owned(model):
             found[model] = model._base_manager.filter(**{f"{owner_field}__in": queryset.values("pk")})
         if model not in found:
-            condition = models.Q()
+            paths = []
             for field, parent in edges[model]:
-                condition |= models.Q(**{f"{field}__in": rows(parent).values("pk")})
-            found[model] = model._base_manager.filter(condition)
+                linked = model._base_manager.filter(**{f"{field.name}__in": rows(parent).values("pk")})
+                narrow = getattr(field.remote_field.on_delete, "narrow", None)  # a cascade with its own lookup
+                paths.append(narrow(linked, field) if narrow else linked)
+            found[model] = functools.reduce(operator.or_, paths)
         return found[model]
 
     return {model: rows(model) for model in edges}
 
 
-def protection_possible(model: type[models.Model]) -> bool:
-    """Whether a model that a deletion of ``model`` reaches protects its link (``PROTECT``, ``RESTRICT``):
-    then Django's own page, which finds and names the protecting rows, is used instead (none of ours does)."""
-    reached = [model._meta.concrete_model, *cascade_querysets(model._base_manager.none())]
+def protection_possible(reached: Iterable[type[models.Model]]) -> bool:
+    """Whether one of the models a deletion reaches (the deleted objects' model and ``cascade_querysets``'
+    keys) has a model protecting its link to it (``PROTECT``, ``RESTRICT``): then Django's own page, which
+    finds and names the protecting rows, is used instead (none of ours does)."""
     return any(relation.on_delete in (models.PROTECT, models.RESTRICT)
-               for reached_model in reached for relation in get_candidate_relations_to_delete(reached_model._meta))
+               for model in reached for relation in get_candidate_relations_to_delete(model._meta.concrete_model._meta))
 
 
 class CountedDeletionAdmin:
@@ -88,15 +98,16 @@ class CountedDeletionAdmin:
     def get_deleted_objects(self, objs: Iterable[models.Model], request):
         objs = list(objs)
         model = self.model
-        if protection_possible(model):
-            return super().get_deleted_objects(objs, request)
         queryset = model._base_manager.filter(pk__in=[obj.pk for obj in objs])
+        reached = cascade_querysets(queryset, self.deletion_owner_field)
+        if protection_possible([model, *reached]):
+            return super().get_deleted_objects(objs, request)
         chosen = [self._deleted_object_line(obj) for obj in objs]
         counts = {model._meta.verbose_name_plural: len(objs)}
         # Confirmed ("post" in the form): Django reads only the permissions and what protects, so the rows
         # are not counted again (a store of a million customers: seconds per table).
         if not request.POST.get("post"):
-            for related, rows in cascade_querysets(queryset, self.deletion_owner_field).items():
+            for related, rows in reached.items():
                 number = rows.count()
                 if number:
                     counts[related._meta.verbose_name_plural] = number

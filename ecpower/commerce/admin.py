@@ -73,7 +73,7 @@ class CustomerOrderInline(StoreScopedInline, admin.TabularInline):
 
 
 @admin.register(Customer)
-class CustomerAdmin(StoreScopedAdmin):
+class CustomerAdmin(CountedDeletionAdmin, StoreScopedAdmin):
     list_display = ("display_name", "email", "province_code", "orders_count", "amount_spent", "last_order_at", "email_marketing", "store")
     list_filter = ("store", "email_marketing", "sms_marketing", "country_code", "province_code")
     search_fields = ("email", "first_name", "last_name", "phone", "=shopify_id")

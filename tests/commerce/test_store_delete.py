@@ -60,3 +60,23 @@ def test_confirming_does_not_count_the_rows_again(staff_client):
         staff_client.post(reverse("admin:commerce_store_delete", args=[store.pk]), {"post": "yes"})
     assert not [q["sql"] for q in captured.captured_queries if "COUNT(" in q["sql"]]
     assert not Store.objects.filter(pk=store.pk).exists()
+
+
+def test_a_customers_delete_page_counts_their_rows_in_a_fixed_number_of_queries(staff_client):
+    """A customer's join/leave events are titled by customer and segment; listed one by one, each would be
+    looked up (two queries per event)."""
+    queries = []
+    for orders in (1, 6):
+        store = StoreFactory()
+        customer = CustomerFactory(store=store)
+        for _ in range(orders):
+            LineItemFactory(store=store, order=OrderFactory(store=store, customer=customer))
+        customer_facts_refresh(store=store)
+        for n in range(orders):  # a segment per order count, each with one join event
+            segment_recompute(segment=segment_create(store=store, name=f"{n}+", slug=f"at-least-{n}",
+                                                     query=f"number_of_orders >= {n + 1}"))
+        with CaptureQueriesContext(connection) as captured:
+            page = staff_client.get(reverse("admin:commerce_customer_delete", args=[customer.pk])).content.decode()
+        queries.append(len(captured))
+        assert f"Memberships: {orders}" in page and f"Membership events: {orders}" in page
+    assert queries[0] == queries[1]

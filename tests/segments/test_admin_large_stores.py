@@ -105,9 +105,10 @@ def test_the_lists_of_orders_and_events_read_no_distinct_values_of_their_whole_t
     assert found.context["cl"].result_count == 1  # a campaign is searched for instead
 
 
-def test_no_model_a_segment_or_store_deletion_reaches_protects_its_link():
+def test_no_model_a_segment_store_or_customer_deletion_reaches_protects_its_link():
     """Where one did, the counted pages would hand over to Django's, which names the protecting rows."""
-    from ecpower.admin_deletion import protection_possible
-    from ecpower.commerce.models import Store
+    from ecpower.admin_deletion import cascade_querysets, protection_possible
+    from ecpower.commerce.models import Customer, Store
 
-    assert not protection_possible(Segment) and not protection_possible(Store)
+    for model in (Segment, Store, Customer):
+        assert not protection_possible([model, *cascade_querysets(model.objects.none())]), model
