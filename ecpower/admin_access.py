@@ -19,13 +19,14 @@ from ecpower.commerce.models import Store, StoreMembership, StoreRole
 
 
 def admin_stores(request) -> QuerySet[Store]:
-    return stores_for(user=request.user)
+    return stores_for(user=request.user, deleting=True)
 
 
 def writable_stores(request, roles=WRITE_ROLES) -> QuerySet[Store]:
+    """The stores the user may change: not one being deleted."""
     if request.user.is_superuser:
-        return Store.objects.all()
-    return Store.objects.filter(memberships__user=request.user, memberships__role__in=roles)
+        return Store.objects.live()
+    return Store.objects.live().filter(memberships__user=request.user, memberships__role__in=roles)
 
 
 def scoped(request, queryset: QuerySet, lookup: str = "store") -> QuerySet:
@@ -68,13 +69,13 @@ class StoreScopedAdmin(admin.ModelAdmin):
             user.is_superuser or StoreMembership.objects.filter(user=user).exists())
 
     def _writer(self, request, obj=None) -> bool:
-        if request.user.is_superuser:
-            return True
         stores = writable_stores(request, self.write_roles)
         if obj is None:
-            return stores.exists()
+            return request.user.is_superuser or stores.exists()
         store_id = _store_id(obj, self.store_lookup)
-        return store_id is not None and stores.filter(pk=store_id).exists()
+        if store_id is None:
+            return request.user.is_superuser
+        return stores.filter(pk=store_id).exists()
 
     def get_queryset(self, request):
         return scoped(request, super().get_queryset(request), self.store_lookup)

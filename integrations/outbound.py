@@ -272,7 +272,7 @@ def endpoint_pause(endpoint: WebhookEndpoint, reason: str) -> bool:
 
 def outbound_drain_all() -> dict[str, int]:
     """Schedule entry (every minute): membership messages of every store with endpoints, then sending."""
-    for store in Store.objects.filter(webhook_endpoints__isnull=False).distinct():
+    for store in Store.objects.live().filter(webhook_endpoints__isnull=False).distinct():
         membership_messages_create(store=store)
     return messages_drain()
 

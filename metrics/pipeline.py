@@ -61,7 +61,7 @@ def daily_dispatch(now: dt.datetime | None = None) -> int:
     started = 0
     # Largest stores first: with several workers, a big store's long run starts early instead of
     # finishing alone while the other workers idle (docs/performance.md, step 8).
-    for store in Store.objects.annotate(customer_count=Count("customers")).order_by("-customer_count", "pk"):
+    for store in Store.objects.live().annotate(customer_count=Count("customers")).order_by("-customer_count", "pk"):
         local = now.astimezone(store.zone)
         if local.hour < store.daily_run_hour:
             continue
@@ -108,7 +108,7 @@ def runs_reap(*, now: dt.datetime | None = None) -> list[int]:
 def _claim(run_id: int) -> PipelineRun | None:
     now = timezone.now()
     stale = now - dt.timedelta(seconds=settings.PIPELINE_TIMEOUT)
-    claimed = PipelineRun.objects.filter(pk=run_id).filter(
+    claimed = PipelineRun.objects.filter(pk=run_id, store__deletion_requested_at__isnull=True).filter(
         Q(status=PipelineStatus.PENDING) | Q(status=PipelineStatus.RUNNING, heartbeat_at__lt=stale)
     ).update(status=PipelineStatus.RUNNING, started_at=now, heartbeat_at=now,
              worker=f"{socket.gethostname()}:{os.getpid()}"[:100])

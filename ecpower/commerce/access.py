@@ -54,16 +54,18 @@ def api_key_check(raw_key: str) -> ApiKey | None:
     return key
 
 
-def stores_for(*, user=None, api_key: ApiKey | None = None) -> QuerySet[Store]:
+def stores_for(*, user=None, api_key: ApiKey | None = None, deleting: bool = False) -> QuerySet[Store]:
     """The stores a key or a user may see: the key's store; every store for a superuser; the
-    stores a staff user is a member of."""
+    stores a staff user is a member of. A store being deleted is left out unless ``deleting`` (the admin
+    shows it, read-only, until it is gone)."""
+    stores = Store.objects.all() if deleting else Store.objects.live()
     if api_key is not None:
-        return Store.objects.filter(pk=api_key.store_id)
+        return stores.filter(pk=api_key.store_id)
     if user is None or not user.is_authenticated:
-        return Store.objects.none()
+        return stores.none()
     if user.is_superuser:
-        return Store.objects.all()
-    return Store.objects.filter(memberships__user=user)
+        return stores
+    return stores.filter(memberships__user=user)
 
 
 def can_write(*, store_id: int, user=None, api_key: ApiKey | None = None) -> bool:

@@ -4,6 +4,8 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count
+from django.http import HttpResponseRedirect
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -25,7 +27,7 @@ from ecpower.commerce.models import (
     Store,
     StoreMembership,
 )
-from ecpower.commerce.services import store_delete
+from ecpower.commerce.services import store_deletion_request, store_deletion_steps
 from ecpower.commerce.tasks import csv_import_enqueue
 
 
@@ -34,23 +36,53 @@ class StoreAdmin(CountedDeletionAdmin, StoreScopedAdmin):
     store_lookup = "pk"
     write_roles = OWNER_ONLY
     deletion_owner_field = "store"  # the delete page counts each table's rows of the store
+    # ... but these, tens of millions of rows at a million customers, are named without a count.
+    deletion_uncounted = (
+        "commerce.LineItem", "commerce.CustomerTag", "commerce.CustomerTagEvent", "segments.Membership",
+        "segments.MembershipEvent", "segments.CustomerDigest", "metrics.SnapshotMember", "integrations.TagOperation",
+        "integrations.AppliedTag", "integrations.ChannelTalkUser", "integrations.WebhookDelivery",
+        "integrations.WebhookMessage", "integrations.WebhookAttempt",
+    )
 
     def has_add_permission(self, request, *args):
         return request.user.is_superuser  # a store is added once, by the operator
 
-    list_display = ("name", "shopify_domain", "time_zone", "currency", "tag_prefix", "created_at")
+    list_display = ("name", "shopify_domain", "time_zone", "currency", "tag_prefix", "created_at", "deletion")
     search_fields = ("name", "shopify_domain")
     fieldsets = (
         (None, {"fields": ("name", "shopify_domain", "time_zone", "currency")}),
         (_("Segments and tags"), {"fields": ("tag_prefix", "notification_email", "daily_run_hour")}),
     )
 
-    def delete_model(self, request, obj):
-        store_delete(store=obj)  # set-based: the ORM's collection of a large store's rows does not finish
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # a store is deleted from its own page, in the background
+        return actions
 
-    def delete_queryset(self, request, queryset):
-        for store in queryset:
-            store_delete(store=store)
+    @admin.display(description=_("deletion"))
+    def deletion(self, store: Store) -> str:
+        if store.deletion_requested_at is None:
+            return ""
+        return gettext("Being deleted: step %(done)d of %(steps)d") % {
+            "done": store.deletion_step, "steps": store_deletion_steps()}
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.deletion_requested_at is not None:
+            # Asked again, a deletion is queued again: one stopped by an error starts over and finishes.
+            return self._member(request) and (request.user.is_superuser or StoreMembership.objects.filter(
+                user=request.user, store=obj, role__in=self.write_roles).exists())
+        return super().has_delete_permission(request, obj)
+
+    def delete_model(self, request, obj):
+        # A store of a million customers takes minutes to delete (docs/performance.md): a background job.
+        store_deletion_request(store=obj)
+
+    def response_delete(self, request, obj_display, obj_id):
+        self.message_user(request, gettext(
+            "The store “%(store)s” is being deleted in the background. It is left out of the daily runs, the API "
+            "and incoming webhooks from now on, and disappears from this list when its data is gone.")
+            % {"store": obj_display}, messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:commerce_store_changelist"))
 
 
 class CustomerTagInline(StoreScopedInline, admin.TabularInline):

@@ -56,6 +56,12 @@ def default_time_zone() -> str:
     return settings.TIME_ZONE
 
 
+class StoreQuerySet(models.QuerySet):
+    def live(self) -> StoreQuerySet:
+        """Stores not being deleted: the ones the daily runs, partners' webhooks and the API work on."""
+        return self.filter(deletion_requested_at__isnull=True)
+
+
 class Store(models.Model):
     name = models.CharField(_("name"), max_length=200)
     shopify_domain = models.CharField(
@@ -80,6 +86,12 @@ class Store(models.Model):
                     "tag sync."),
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    # A store's deletion runs in the background (``store_deletion_request``): from the request on, the store is
+    # left out of the daily runs, the API and incoming webhooks, and no longer changed in the admin.
+    deletion_requested_at = models.DateTimeField(_("deletion requested at"), null=True, blank=True, editable=False)
+    deletion_step = models.PositiveSmallIntegerField(_("deletion steps done"), default=0, editable=False)
+
+    objects = StoreQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("store")

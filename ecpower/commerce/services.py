@@ -11,18 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from ecpower.commerce.bulk import temp_table_empty
 from ecpower.commerce.models import (
     Customer,
-    CustomerTag,
-    CustomerTagEvent,
     LineItem,
     Order,
     Product,
-    ProductTag,
     ProductVariant,
     Store,
 )
@@ -369,8 +366,22 @@ def line_items_link_products(*, store: Store, matcher: ProductMatcher) -> int:
     return len(to_update)
 
 
+def store_data_models() -> tuple[type[models.Model], ...]:
+    """The tables of a store's customers, products and orders and of what hangs on them, children before
+    their parents, so each can be emptied by one set-based delete without leaving a link dangling."""
+    from django.apps import apps
+
+    return tuple(apps.get_model(label) for label in (
+        "metrics.SegmentSnapshot", "metrics.SnapshotMember", "metrics.SnapshotCursor",
+        "segments.MembershipEvent", "segments.Membership", "segments.ChangeBaseline", "segments.CustomerDigest",
+        "integrations.TagOperation", "integrations.AppliedTag", "integrations.ChannelTalkUser",
+        "commerce.CustomerTagEvent", "commerce.LineItem", "commerce.Order", "commerce.CustomerTag",
+        "commerce.Customer", "commerce.ProductTag", "commerce.ProductVariant", "commerce.Product",
+    ))
+
+
 def store_data_delete(*, store: Store) -> None:
-    """Delete every customer, product and order of a store (the store row stays).
+    """Delete every customer, product and order of a store (the store row stays), in one transaction.
 
     Set-based deletes, children first, instead of the ORM's per-object cascade collection,
     which does not scale to a million customers.
@@ -380,28 +391,56 @@ def store_data_delete(*, store: Store) -> None:
     """
     from django.apps import apps
 
-    membership_event, membership, segment, change_baseline, customer_digest = (
-        apps.get_model("segments", name)
-        for name in ("MembershipEvent", "Membership", "Segment", "ChangeBaseline", "CustomerDigest")
-    )
-    tag_operation, applied_tag = (apps.get_model("integrations", name) for name in ("TagOperation", "AppliedTag"))
-    snapshot, snapshot_member, snapshot_cursor = (
-        apps.get_model("metrics", name) for name in ("SegmentSnapshot", "SnapshotMember", "SnapshotCursor"))
     with transaction.atomic():
-        for model in (snapshot, snapshot_member, snapshot_cursor, membership_event, membership, change_baseline,
-                      customer_digest, tag_operation, applied_tag, CustomerTagEvent, LineItem, Order,
-                      CustomerTag, Customer, ProductTag, ProductVariant, Product):
+        for model in store_data_models():
             model.objects.filter(store=store)._raw_delete(connection.alias)
-        segment.objects.filter(store=store).update(
+        apps.get_model("segments", "Segment").objects.filter(store=store).update(
             status="new", member_count=0, last_joined=0, last_left=0, holdout_count=0, baseline=0,
             last_computed_for=None,
         )
 
 
+def store_deletion_request(*, store: Store) -> bool:
+    """Mark the store as being deleted and queue its deletion (``store_delete``) once this transaction
+    commits; False when it was already marked. From now on the store is out of the daily runs, the API and
+    incoming webhooks, and read-only in the admin."""
+    marked = Store.objects.filter(pk=store.pk, deletion_requested_at__isnull=True).update(
+        deletion_requested_at=timezone.now(), deletion_step=0)
+    if marked:
+        from django_q.tasks import async_task
+
+        store_id = store.pk
+        transaction.on_commit(lambda: async_task("ecpower.commerce.tasks.store_delete_run", store_id,
+                                                 task_name=f"store-delete-{store_id}"))
+    return bool(marked)
+
+
+# Logs of a store's partners that can grow with its customers, emptied set-based before the store row goes.
+_STORE_LOG_TABLES = (("integrations.WebhookAttempt", "message__store"), ("integrations.WebhookMessage", "store"),
+                     ("integrations.WebhookDelivery", "store"))
+
+
+def store_deletion_steps() -> int:
+    """How many steps ``store_delete`` reports: one per bulky table, then the store row with the rest."""
+    return len(store_data_models()) + len(_STORE_LOG_TABLES) + 1
+
+
 def store_delete(*, store: Store) -> None:
-    """Delete a store and everything of it: its customers, orders and products set-based
-    (``store_data_delete``), then the store row with what is left (segments, connections, jobs, daily
-    runs, keys, members), which the ORM's cascade collects: few rows at any store size."""
+    """Delete a store and everything of it.
+
+    Its customers, orders, products and partner logs go set-based, a table per transaction, so a store of a
+    million customers is not one transaction of tens of millions of rows, and the store row shows the steps
+    done (``deletion_step``). Then the store row goes with what is left (segments, connections, jobs, daily
+    runs, keys, members), which the ORM's cascade collects: few rows at any store size. Stopped half-way,
+    a second run starts over and finishes (every step deletes whatever of the store is still there).
+    """
+    from django.apps import apps
+
+    tables = [(model, "store") for model in store_data_models()]
+    tables += [(apps.get_model(label), lookup) for label, lookup in _STORE_LOG_TABLES]
+    for done, (model, lookup) in enumerate(tables, start=1):
+        with transaction.atomic():
+            model._base_manager.filter(**{lookup: store})._raw_delete(connection.alias)
+        Store.objects.filter(pk=store.pk).update(deletion_step=done)
     with transaction.atomic():
-        store_data_delete(store=store)
         store.delete()

@@ -8,7 +8,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from ecpower.commerce.csv_import import CsvFile, shopify_csv_import
-from ecpower.commerce.models import CsvImport, CsvImportStatus
+from ecpower.commerce.models import CsvImport, CsvImportStatus, Store
+from ecpower.commerce.services import store_delete
 from ecpower.commerce.shopify_csv import CsvFileError
 
 logger = logging.getLogger(__name__)
@@ -56,3 +57,13 @@ def csv_import_enqueue(csv_import: CsvImport) -> None:
     from django_q.tasks import async_task
 
     transaction.on_commit(lambda: async_task("ecpower.commerce.tasks.csv_import_run", csv_import.pk, task_name=f"csv-import-{csv_import.pk}"))
+
+
+def store_delete_run(store_id: int) -> str:
+    """Delete a store whose deletion was requested (``store_deletion_request``). Safe to run twice: a store
+    already gone is left alone, and a deletion stopped half-way starts over and finishes."""
+    store = Store.objects.filter(pk=store_id, deletion_requested_at__isnull=False).first()
+    if store is None:
+        return "nothing to delete"
+    store_delete(store=store)
+    return "deleted"
