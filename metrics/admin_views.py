@@ -165,11 +165,12 @@ class MetricsAdminViews:
     def products_view(self, request: HttpRequest, pk: int):
         segment = scoped_object_or_404(request, Segment.objects.select_related("store"), pk=pk)
         header = [_("Product"), _("Orders"), _("Buyers"), _("Units"), _("Revenue")]
+        product_rows, type_rows = insights.segment_products(segment)
         products = Table(_("Top products"), header, [[r["product_name"], r["orders"], r["buyers"], r["units"],
-                                                      r["revenue"]] for r in insights.top_products(segment)])
+                                                      r["revenue"]] for r in product_rows])
         types = Table(_("Top product types"), [_("Product type"), *header[1:]],
                       [[r["type_name"] or "—", r["orders"], r["buyers"], r["units"], r["revenue"]]
-                       for r in insights.top_product_types(segment)])
+                       for r in type_rows])
         return self._table_page(request, _("What %(name)s buys") % {"name": segment.name}, [products, types],
                                 f"{segment.slug}-products", segment=segment)
 

@@ -119,9 +119,9 @@ class SegmentMetricsActions:
     @action(detail=True, methods=["get"], url_path="top-products")
     def top_products(self, request, pk=None):
         """Products and product types members bought (counted orders), by revenue."""
-        segment = self.get_object()
-        products = [{**r, "name": r["product_name"]} for r in insights.top_products(segment)]
-        types = [{**r, "name": r["type_name"] or ""} for r in insights.top_product_types(segment)]
+        product_rows, type_rows = insights.segment_products(self.get_object())
+        products = [{**r, "name": r["product_name"]} for r in product_rows]
+        types = [{**r, "name": r["type_name"] or ""} for r in type_rows]
         return Response(TopProductsSerializer({"products": products, "product_types": types}).data)
 
     @extend_schema(responses=inline_serializer("PartnerAttributes", {

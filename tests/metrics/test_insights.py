@@ -209,3 +209,34 @@ def test_a_segment_group_becomes_a_journey_whose_stages_follow_the_group(store):
     group.segments.add(loyal)
     again = journey_from_group(group)
     assert again.pk == journey.pk and [s.segment_id for s in again.stages.all()] == [repeat.pk, loyal.pk]
+
+
+@pytest.mark.django_db(transaction=True)  # the side-by-side connections see committed rows only
+def test_a_large_segments_products_and_types_are_read_side_by_side_with_the_same_rows(monkeypatch):
+    from django.db import connection
+    from django.db.backends.signals import connection_created
+
+    from metrics import insights
+
+    store = StoreFactory(time_zone="Asia/Tokyo")
+    tea = Product.objects.create(store=store, handle="sencha", title="煎茶", product_type="緑茶")
+    cup = Product.objects.create(store=store, handle="cup", title="湯呑", product_type="器")
+    customers = [CustomerFactory(store=store) for _ in range(4)]
+    for n, customer in enumerate(customers):
+        order = OrderFactory(store=store, customer=customer)
+        LineItemFactory(order=order, product=tea, quantity=n + 1, unit_price=Decimal(1000))
+        if n % 2:
+            LineItemFactory(order=order, product=cup, quantity=1, unit_price=Decimal(3000))
+    customer_facts_refresh(store=store)
+    segment = a_list(store, customers[1:])
+    one_by_one = (top_products(segment), top_product_types(segment))
+
+    opened = []
+    connection_created.connect(lambda **kwargs: opened.append(kwargs["connection"]), weak=False, dispatch_uid="t")
+    monkeypatch.setattr(insights, "PRODUCTS_SIDE_BY_SIDE_ABOVE", 2)  # this segment of 3 counts as large
+    try:
+        assert insights.segment_products(segment) == one_by_one
+    finally:
+        connection_created.disconnect(dispatch_uid="t")
+    assert [(r["product_name"], r["buyers"]) for r in one_by_one[0]] == [("煎茶", 3), ("湯呑", 2)]
+    assert len(opened) == (2 if connection.vendor == "postgresql" else 0)  # a connection per table
