@@ -402,16 +402,16 @@ def store_data_delete(*, store: Store) -> None:
 
 def store_deletion_request(*, store: Store) -> bool:
     """Mark the store as being deleted and queue its deletion (``store_delete``) once this transaction
-    commits; False when it was already marked. From now on the store is out of the daily runs, the API and
-    incoming webhooks, and read-only in the admin."""
+    commits. From now on the store is out of the daily runs, the API and incoming webhooks, and read-only in
+    the admin. Asked again (a deletion stopped by an error), the job is queued again; two at once are safe
+    (the second finds each table emptied by the first). True when the store was not marked before."""
+    from django_q.tasks import async_task
+
     marked = Store.objects.filter(pk=store.pk, deletion_requested_at__isnull=True).update(
         deletion_requested_at=timezone.now(), deletion_step=0)
-    if marked:
-        from django_q.tasks import async_task
-
-        store_id = store.pk
-        transaction.on_commit(lambda: async_task("ecpower.commerce.tasks.store_delete_run", store_id,
-                                                 task_name=f"store-delete-{store_id}"))
+    store_id = store.pk
+    transaction.on_commit(lambda: async_task("ecpower.commerce.tasks.store_delete_run", store_id,
+                                             task_name=f"store-delete-{store_id}"))
     return bool(marked)
 
 

@@ -227,6 +227,17 @@ def test_a_deletion_stopped_half_way_starts_over_and_finishes(rich_store):
     assert owned_rows(rich_store.pk) == {}
 
 
+def test_deleting_a_store_again_from_its_page_finishes_a_deletion_that_stopped(staff_client):
+    from ecpower.commerce.services import store_deletion_request
+
+    store = store_with(2)
+    store_deletion_request(store=store)  # its job stopped: the store stays marked, its rows there
+    page = staff_client.get(reverse("admin:commerce_store_delete", args=[store.pk]))
+    assert page.status_code == 200 and "Customers: 2" in page.content.decode()
+    staff_client.post(reverse("admin:commerce_store_delete", args=[store.pk]), {"post": "yes"})
+    assert not Store.objects.filter(pk=store.pk).exists()
+
+
 def test_a_store_being_deleted_is_read_only_in_the_admin_and_shows_its_progress(staff_client):
     from ecpower.commerce.services import store_deletion_request, store_deletion_steps
 
