@@ -59,6 +59,8 @@ def install(request: HttpRequest) -> HttpResponse:
         return HttpResponseBadRequest(_("%(shop)s is not a myshopify.com domain.") % {"shop": shop})
     if "hmac" in request.GET and not query_hmac_valid(request.GET.dict(), settings.SHOPIFY_API_SECRET):
         return HttpResponseBadRequest(_("The install link's signature is wrong."))
+    if _being_deleted(shop):
+        return HttpResponseBadRequest(_being_deleted_message(shop))
     state = secrets.token_urlsafe(24)
     request.session["shopify_oauth"] = {"state": state, "shop": shop}
     params = {"client_id": settings.SHOPIFY_API_KEY, "scope": settings.SHOPIFY_SCOPES, "state": state,
@@ -85,6 +87,8 @@ def callback(request: HttpRequest) -> HttpResponse:
         return HttpResponseBadRequest(_("Shopify did not give a token: %(error)s") % {"error": exc})
     with transaction.atomic():
         store, _created = Store.objects.get_or_create(shopify_domain=shop, defaults={"name": shop.split(".")[0]})
+        if store.deletion_requested_at is not None:  # its deletion was asked for during the consent
+            return HttpResponseBadRequest(_being_deleted_message(shop))
         link, _new = ShopifyConnection.objects.select_for_update().get_or_create(store=store)
         _store_token(link, answer)
         link.method = ConnectionMethod.OAUTH
@@ -93,6 +97,17 @@ def callback(request: HttpRequest) -> HttpResponse:
         link.save()
     messages.success(request, _("%(shop)s is connected.") % {"shop": shop})
     return HttpResponseRedirect(reverse("admin:integrations_shopifyconnection_change", args=[link.pk]))
+
+
+def _being_deleted(shop: str) -> bool:
+    """Whether this domain's store is being deleted: connecting it now would hand the merchant's token to a
+    store the deletion job is about to remove (the domain is unique, so a new store waits for it to go)."""
+    return Store.objects.filter(shopify_domain=shop, deletion_requested_at__isnull=False).exists()
+
+
+def _being_deleted_message(shop: str) -> str:
+    return _("The store %(shop)s is being deleted here. Install the app again once it has gone from the list "
+             "of stores.") % {"shop": shop}
 
 
 def _token_request(shop: str, form: dict) -> dict:

@@ -66,3 +66,20 @@ def test_query_hmac_recipe():
     params = {"shop": SHOP, "timestamp": "1", "code": "abc"}
     params["hmac"] = hmac.new(b"s", b"code=abc&shop=tea.myshopify.com&timestamp=1", hashlib.sha256).hexdigest()
     assert query_hmac_valid(params, "s") and not query_hmac_valid(params, "t")
+
+
+def test_a_shop_whose_store_is_being_deleted_is_not_installed_until_it_is_gone(app, staff_client, emulator, db):
+    from ecpower.commerce.models import Store
+    from ecpower.commerce.services import store_deletion_request
+
+    store = Store.objects.create(shopify_domain=SHOP, name="old")
+    store_deletion_request(store=store)  # its job has not run yet
+    response = staff_client.get(f"/shopify/install?shop={SHOP}")
+    assert response.status_code == 400 and "is being deleted here" in response.content.decode()
+
+    Store.objects.filter(pk=store.pk).update(deletion_requested_at=None)  # asked for during the consent screen
+    response = staff_client.get(f"/shopify/install?shop={SHOP}")
+    store_deletion_request(store=store)
+    response = staff_client.get(follow_consent(response))
+    assert response.status_code == 400 and "is being deleted here" in response.content.decode()
+    assert not ShopifyConnection.objects.filter(store=store).exists()
