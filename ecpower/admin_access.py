@@ -22,11 +22,13 @@ def admin_stores(request) -> QuerySet[Store]:
     return stores_for(user=request.user, deleting=True)
 
 
-def writable_stores(request, roles=WRITE_ROLES) -> QuerySet[Store]:
-    """The stores the user may change: not one being deleted."""
+def writable_stores(request, roles=WRITE_ROLES, deleting: bool = False) -> QuerySet[Store]:
+    """The stores the user may change: not one being deleted, unless ``deleting`` (asking again for its
+    deletion is the one change left)."""
+    stores = Store.objects.all() if deleting else Store.objects.live()
     if request.user.is_superuser:
-        return Store.objects.live()
-    return Store.objects.live().filter(memberships__user=request.user, memberships__role__in=roles)
+        return stores
+    return stores.filter(memberships__user=request.user, memberships__role__in=roles)
 
 
 def scoped(request, queryset: QuerySet, lookup: str = "store") -> QuerySet:

@@ -122,7 +122,7 @@ def _apply(delivery: WebhookDelivery) -> tuple[str, str]:
     store, topic, payload = delivery.store, delivery.topic, delivery.payload
     if store is None:
         return WebhookStatus.IGNORED, "unknown shop"
-    if store.deletion_requested_at is not None:
+    if store.being_deleted:
         return WebhookStatus.IGNORED, "the store is being deleted"
     if topic in ORDER_TOPICS:
         return _order_event(store, payload)

@@ -61,16 +61,16 @@ class StoreAdmin(CountedDeletionAdmin, StoreScopedAdmin):
 
     @admin.display(description=_("deletion"))
     def deletion(self, store: Store) -> str:
-        if store.deletion_requested_at is None:
+        if not store.being_deleted:
             return ""
         return gettext("Being deleted: step %(done)d of %(steps)d") % {
             "done": store.deletion_step, "steps": store_deletion_steps()}
 
     def has_delete_permission(self, request, obj=None):
-        if obj is not None and obj.deletion_requested_at is not None:
+        if obj is not None and obj.being_deleted:
             # Asked again, a deletion is queued again: one stopped by an error starts over and finishes.
-            return self._member(request) and (request.user.is_superuser or StoreMembership.objects.filter(
-                user=request.user, store=obj, role__in=self.write_roles).exists())
+            return self._member(request) and writable_stores(request, self.write_roles, deleting=True).filter(
+                pk=obj.pk).exists()
         return super().has_delete_permission(request, obj)
 
     def delete_model(self, request, obj):

@@ -61,6 +61,9 @@ class StoreQuerySet(models.QuerySet):
         """Stores not being deleted: the ones the daily runs, partners' webhooks and the API work on."""
         return self.filter(deletion_requested_at__isnull=True)
 
+    def being_deleted(self) -> StoreQuerySet:
+        return self.filter(deletion_requested_at__isnull=False)
+
 
 class Store(models.Model):
     name = models.CharField(_("name"), max_length=200)
@@ -100,6 +103,10 @@ class Store(models.Model):
 
     def __str__(self) -> str:
         return self.name or self.shopify_domain
+
+    @property
+    def being_deleted(self) -> bool:
+        return self.deletion_requested_at is not None
 
     @property
     def zone(self) -> zoneinfo.ZoneInfo:

@@ -380,6 +380,12 @@ def store_data_models() -> tuple[type[models.Model], ...]:
     ))
 
 
+def _rows_delete(model: type[models.Model], lookup: str, store: Store) -> None:
+    """One DELETE of the store's rows of ``model``, without the ORM's per-object collection (the caller
+    deletes the children first)."""
+    model._base_manager.filter(**{lookup: store})._raw_delete(connection.alias)
+
+
 def store_data_delete(*, store: Store) -> None:
     """Delete every customer, product and order of a store (the store row stays), in one transaction.
 
@@ -393,7 +399,7 @@ def store_data_delete(*, store: Store) -> None:
 
     with transaction.atomic():
         for model in store_data_models():
-            model.objects.filter(store=store)._raw_delete(connection.alias)
+            _rows_delete(model, "store", store)
         apps.get_model("segments", "Segment").objects.filter(store=store).update(
             status="new", member_count=0, last_joined=0, last_left=0, holdout_count=0, baseline=0,
             last_computed_for=None,
@@ -440,7 +446,7 @@ def store_delete(*, store: Store) -> None:
     tables += [(apps.get_model(label), lookup) for label, lookup in _STORE_LOG_TABLES]
     for done, (model, lookup) in enumerate(tables, start=1):
         with transaction.atomic():
-            model._base_manager.filter(**{lookup: store})._raw_delete(connection.alias)
+            _rows_delete(model, lookup, store)
         Store.objects.filter(pk=store.pk).update(deletion_step=done)
     with transaction.atomic():
         store.delete()

@@ -62,7 +62,7 @@ def csv_import_enqueue(csv_import: CsvImport) -> None:
 def store_delete_run(store_id: int) -> str:
     """Delete a store whose deletion was requested (``store_deletion_request``). Safe to run twice: a store
     already gone is left alone, and a deletion stopped half-way starts over and finishes."""
-    store = Store.objects.filter(pk=store_id, deletion_requested_at__isnull=False).first()
+    store = Store.objects.being_deleted().filter(pk=store_id).first()
     if store is None:
         return "nothing to delete"
     store_delete(store=store)

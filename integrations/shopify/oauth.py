@@ -87,7 +87,7 @@ def callback(request: HttpRequest) -> HttpResponse:
         return HttpResponseBadRequest(_("Shopify did not give a token: %(error)s") % {"error": exc})
     with transaction.atomic():
         store, _created = Store.objects.get_or_create(shopify_domain=shop, defaults={"name": shop.split(".")[0]})
-        if store.deletion_requested_at is not None:  # its deletion was asked for during the consent
+        if store.being_deleted:  # its deletion was asked for during the consent
             return HttpResponseBadRequest(_being_deleted_message(shop))
         link, _new = ShopifyConnection.objects.select_for_update().get_or_create(store=store)
         _store_token(link, answer)
@@ -102,7 +102,7 @@ def callback(request: HttpRequest) -> HttpResponse:
 def _being_deleted(shop: str) -> bool:
     """Whether this domain's store is being deleted: connecting it now would hand the merchant's token to a
     store the deletion job is about to remove (the domain is unique, so a new store waits for it to go)."""
-    return Store.objects.filter(shopify_domain=shop, deletion_requested_at__isnull=False).exists()
+    return Store.objects.being_deleted().filter(shopify_domain=shop).exists()
 
 
 def _being_deleted_message(shop: str) -> str:

@@ -3,13 +3,17 @@ set-based, the store out of the daily runs, the API and webhooks meanwhile."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from ecpower.commerce.models import Customer, LineItem, Order, Store
 from ecpower.commerce.services import customer_facts_refresh
+from metrics.models import PipelineRun
 from segments.models import Membership, Segment
 from segments.services import segment_create, segment_recompute
 from tests.factories import CustomerFactory, LineItemFactory, OrderFactory, StoreFactory
@@ -86,8 +90,6 @@ def test_a_customers_delete_page_counts_their_rows_in_a_fixed_number_of_queries(
 
 def pushed_to_channel_talk(store: Store) -> None:
     """Each pushed customer keeps a row of what was last written to Channel Talk."""
-    from django.utils import timezone
-
     from integrations.models import ChannelTalkUser
 
     for customer in Customer.objects.filter(store=store):
@@ -143,8 +145,6 @@ def rich_store():
     campaign, a daily run, jobs, an endpoint with messages and attempts, a Channel Talk connection."""
     import uuid
 
-    from django.utils import timezone
-
     from integrations.models import WebhookAttempt, WebhookEndpoint, WebhookMessage
     from tests.api.test_api import make_store
 
@@ -181,10 +181,8 @@ def test_a_requested_deletion_hides_the_store_from_daily_runs_api_and_webhooks_u
 
     assert list(stores_for(api_key=key)) == []
     assert Store.objects.live().get() == kept
-    from metrics.models import PipelineRun
-
     PipelineRun.objects.all().delete()
-    daily_dispatch(now=timezone_now_at_noon())
+    daily_dispatch(now=timezone.now().replace(hour=12, minute=0) + dt.timedelta(days=1))  # 21:00 in Tokyo
     assert set(PipelineRun.objects.values_list("store_id", flat=True)) == {kept.pk}
     assert owned_rows(rich_store.pk)  # nothing is deleted until the job runs
 
@@ -193,14 +191,6 @@ def test_a_requested_deletion_hides_the_store_from_daily_runs_api_and_webhooks_u
     assert not Store.objects.filter(pk=rich_store.pk).exists()
     assert Customer.objects.filter(store=kept).count() == 1
     assert store_delete_run(rich_store.pk) == "nothing to delete"  # run twice
-
-
-def timezone_now_at_noon():
-    import datetime as dt
-
-    from django.utils import timezone
-
-    return timezone.now().replace(hour=12, minute=0) + dt.timedelta(days=1)
 
 
 def test_the_job_deletes_only_a_store_whose_deletion_was_requested():
