@@ -143,8 +143,12 @@ class TagOperationStatus(models.TextChoices):
 class TagOperation(models.Model):
     """One tag to add to or remove from one customer in Shopify, under a tag-sync job."""
 
-    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
-    job = models.ForeignKey(SyncJob, on_delete=models.CASCADE, related_name="tag_operations", verbose_name=_("job"))
+    # The store and the job are served by the composite indexes below; their own indexes would only be written
+    # to, once per operation (a diff writes 100,000 of them: docs/performance.md).
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
+                              db_index=False)
+    job = models.ForeignKey(SyncJob, on_delete=models.CASCADE, related_name="tag_operations", verbose_name=_("job"),
+                            db_index=False)
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", verbose_name=_("customer"))
     shopify_customer_id = models.BigIntegerField(_("Shopify customer ID"))
     tag = models.CharField(_("tag"), max_length=255)

@@ -385,7 +385,8 @@ def tag_diff_plan(job) -> tuple[int, int, int]:
     plan = tag_sync_plan(job=job)
     size = 0
     for action in (TagAction.ADD, TagAction.REMOVE):
-        operations = TagOperation.objects.filter(job=job, action=action).order_by("id").iterator(chunk_size=10_000)
+        operations = (TagOperation.objects.filter(job=job, action=action).order_by("id")
+                      .values_list("shopify_customer_id", "tag").iterator(chunk_size=10_000))
         size += sum(len(line) for line in bulk_mutation_lines(operations))
     return plan.adds, plan.removes, size
 
