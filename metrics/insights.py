@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -29,7 +30,7 @@ from metrics.pipeline import side_by_side
 from metrics.snapshots import days_between_sql
 from segments import rfm
 from segments.models import Membership, MembershipEvent, MembershipEventKind, Segment
-from segments.selectors import store_today
+from segments.selectors import customer_id_ranges, store_today
 
 Z95 = 1.96
 
@@ -137,21 +138,64 @@ def _month_index(day) -> int:
     return day.year * 12 + day.month - 1
 
 
-def cohorts(store: Store, segment: Segment | None = None, months: int = 12) -> list[Cohort]:
-    """Customers by the month of their first counted order (store time), with cumulative KPIs per month since."""
+# Customers (a span of their ids) above which the cohorts are counted on two connections, each for a range of
+# customer ids: one grouped pass over every counted order, about a second of one core per 100,000 customers.
+COHORTS_IN_PARTS_ABOVE = 50_000
+
+
+def _cohort_counts(store: Store, segment: Segment | None, id_range: tuple[int, int] | None = None
+                   ) -> tuple[Counter, dict[tuple, dict]]:
+    """Customers per first-purchase month, and per (that month, order month) the counted orders, their revenue
+    net of refunds and the second orders, for the customers of ``id_range`` ([low, high)) or all of them."""
     zone = store.zone
     customers = Customer.objects.filter(store=store, orders_count__gt=0)
     orders = Order.objects.filter(store=store, customer__isnull=False, ordinal__isnull=False)
     if segment is not None:
         customers = customers.filter(pk__in=_members(segment))
         orders = orders.filter(customer_id__in=_members(segment))
-    sizes = dict(customers.annotate(cohort=TruncMonth("first_order_at", tzinfo=zone)).values("cohort")
-                 .annotate(n=Count("id")).values_list("cohort", "n"))
+    if id_range is not None:
+        customers = customers.filter(pk__gte=id_range[0], pk__lt=id_range[1])
+        orders = orders.filter(customer_id__gte=id_range[0], customer_id__lt=id_range[1])
+    sizes = Counter(dict(customers.annotate(cohort=TruncMonth("first_order_at", tzinfo=zone)).values("cohort")
+                         .annotate(n=Count("id")).values_list("cohort", "n")))
     cells = (orders.annotate(cohort=TruncMonth("customer__first_order_at", tzinfo=zone),
                              month=TruncMonth("created_at", tzinfo=zone))
              .values("cohort", "month")
              .annotate(orders=Count("id"), revenue=Sum(F("total") - F("refunded_amount")),
                        second=Count("id", filter=Q(ordinal=2))))
+    return sizes, {(cell["cohort"], cell["month"]): cell for cell in cells}
+
+
+def _cohort_counts_added(parts: list[tuple[Counter, dict[tuple, dict]]]) -> tuple[Counter, list[dict]]:
+    sizes: Counter = Counter()
+    cells: dict[tuple, dict] = {}
+    for part_sizes, part_cells in parts:
+        sizes.update(part_sizes)
+        for key, cell in part_cells.items():
+            if key not in cells:
+                cells[key] = dict(cell)
+                continue
+            total = cells[key]
+            total["orders"] += cell["orders"]
+            total["second"] += cell["second"]
+            total["revenue"] = (total["revenue"] or 0) + (cell["revenue"] or 0)
+    return sizes, list(cells.values())
+
+
+def cohorts(store: Store, segment: Segment | None = None, months: int = 12) -> list[Cohort]:
+    """Customers by the month of their first counted order (store time), with cumulative KPIs per month since.
+
+    On a large store (``COHORTS_IN_PARTS_ABOVE``, PostgreSQL) each half of the customers is counted on its own
+    connection, side by side, and the halves added (docs/performance.md).
+    """
+    ranges = customer_id_ranges(store, above=COHORTS_IN_PARTS_ABOVE)
+    if segment is not None and segment.member_count <= COHORTS_IN_PARTS_ABOVE:
+        ranges = None
+    if ranges is None:
+        sizes, cells = _cohort_counts_added([_cohort_counts(store, segment)])
+    else:
+        sizes, cells = _cohort_counts_added(
+            side_by_side(*(functools.partial(_cohort_counts, store, segment, part) for part in ranges)))
     by_cohort: dict[dt.date, dict[int, dict]] = {}
     for cell in cells:
         start = cell["cohort"].date() if isinstance(cell["cohort"], dt.datetime) else cell["cohort"]

@@ -144,20 +144,28 @@ def _customer_id_bounds(store: Store) -> dict[str, int | None]:
     return Customer.objects.filter(store=store).aggregate(low=Min("id"), high=Max("id"))
 
 
-def _preview_parts(store: Store, tree: dict) -> list[tuple[int, int]] | None:
-    """The ranges of customer ids an exact count is split into, one per connection, or None to count on this
-    one: a rule over orders or line items on a store of more than ``settings.PREVIEW_ESTIMATE_ABOVE``
-    customers, on PostgreSQL outside a transaction (other connections could not see its rows)."""
+def customer_id_ranges(store: Store, *, above: int) -> list[tuple[int, int]] | None:
+    """The store's customer ids cut into ``settings.SEGMENT_RECOMPUTE_THREADS`` ranges ([low, high)), one per
+    connection of a read split side by side, or None to read on this one: a store whose ids span no more than
+    ``above``, one thread, SQLite, or inside a transaction (other connections could not see its rows)."""
     threads = settings.SEGMENT_RECOMPUTE_THREADS
-    if (threads < 2 or connection.vendor != "postgresql" or connection.in_atomic_block
-            or not rules.reads_orders(tree)):
+    if threads < 2 or connection.vendor != "postgresql" or connection.in_atomic_block:
         return None
     bounds = _customer_id_bounds(store)
-    if bounds["low"] is None or bounds["high"] - bounds["low"] < settings.PREVIEW_ESTIMATE_ABOVE:
+    if bounds["low"] is None or bounds["high"] - bounds["low"] < above:
         return None
     low, high = bounds["low"], bounds["high"] + 1
     edges = [low + (high - low) * part // threads for part in range(threads)] + [high]
     return list(itertools.pairwise(edges))
+
+
+def _preview_parts(store: Store, tree: dict) -> list[tuple[int, int]] | None:
+    """The ranges of customer ids an exact count is split into, one per connection, or None to count on this
+    one: a rule over orders or line items on a store of more than ``settings.PREVIEW_ESTIMATE_ABOVE``
+    customers (``customer_id_ranges``)."""
+    if not rules.reads_orders(tree):
+        return None
+    return customer_id_ranges(store, above=settings.PREVIEW_ESTIMATE_ABOVE)
 
 
 def _rule_counted_in_parts(tree: dict, context: rules.EvaluationContext, parts: list[tuple[int, int]],

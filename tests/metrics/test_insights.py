@@ -240,3 +240,42 @@ def test_a_large_segments_products_and_types_are_read_side_by_side_with_the_same
         connection_created.disconnect(dispatch_uid="t")
     assert [(r["product_name"], r["buyers"]) for r in one_by_one[0]] == [("煎茶", 3), ("湯呑", 2)]
     assert len(opened) == (2 if connection.vendor == "postgresql" else 0)  # a connection per table
+
+
+@pytest.mark.django_db(transaction=True)  # the side-by-side connections see committed rows only
+def test_a_large_stores_cohorts_are_counted_in_halves_side_by_side_and_added(monkeypatch):
+    from django.db import connection
+    from django.db.backends.signals import connection_created
+
+    from metrics import insights
+
+    store = StoreFactory(time_zone="Asia/Tokyo")
+    customers = [CustomerFactory(store=store) for _ in range(4)]
+    for n, customer in enumerate(customers):  # one January cohort; every cell has customers of both halves
+        OrderFactory(store=store, customer=customer, created_at=dt.datetime(2025, 1, 10 + n, tzinfo=JST),
+                     total=Decimal(1000 * (n + 1)))
+        if n % 2 == 0 or n == 3:
+            OrderFactory(store=store, customer=customer, created_at=dt.datetime(2025, 3, 1 + n, tzinfo=JST),
+                         total=Decimal(500), refunded_amount=Decimal(100 * n))
+    customer_facts_refresh(store=store)
+    segment = a_list(store, customers[1:])
+
+    def table(found):
+        return [(c.month, c.customers, [(k["ltv"], k["repeat_rate"], k["orders_per_customer"]) for k in c.cells])
+                for c in found]
+
+    whole, members = table(cohorts(store, months=2)), table(cohorts(store, segment, months=2))
+    opened = []
+    connection_created.connect(lambda **kwargs: opened.append(kwargs["connection"]), weak=False, dispatch_uid="c")
+    monkeypatch.setattr(insights, "COHORTS_IN_PARTS_ABOVE", 1)  # four customers count as a large store
+    try:
+        assert table(cohorts(store, months=2)) == whole
+        assert table(cohorts(store, segment, months=2)) == members
+    finally:
+        connection_created.disconnect(dispatch_uid="c")
+    # 10,000 of first orders, then 3 second orders of 500 less refunds of 0, 200 and 300 = 1,000.
+    assert whole == [(dt.date(2025, 1, 1), 4, [(Decimal("2500.00"), Decimal("0.0000"), Decimal("1.00")),
+                                               (Decimal("2500.00"), Decimal("0.0000"), Decimal("1.00")),
+                                               (Decimal("2750.00"), Decimal("0.7500"), Decimal("1.75"))])]
+    assert members[0][1] == 3
+    assert len(opened) == (4 if connection.vendor == "postgresql" else 0)  # a connection per half, twice
