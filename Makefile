@@ -12,7 +12,7 @@ EMULATOR_PORT ?= 8765
 CHANNELTALK_PORT ?= 8766
 PG_URL := postgres://postgres@127.0.0.1:5432/ecpower
 
-.PHONY: venv demo test test-sqlite test-postgres lint bench bench-tags messages clean
+.PHONY: venv demo test test-sqlite test-postgres lint bench bench-admin bench-tags messages clean
 
 venv: $(STAMP)
 
@@ -74,6 +74,10 @@ bench: venv
 	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 $(BIN)/python tests/bench/suite.py --customers $(BENCH_CUSTOMERS)
 	DATABASE_URL=$(BENCH_URL) DJANGO_DEBUG=1 REDIS_URL=$(BENCH_REDIS) $(BIN)/python tests/bench/multistore.py \
 		--stores $(BENCH_STORES) --store-customers $(BENCH_STORE_CUSTOMERS) --big-store $(BENCH_BIG_STORE)
+
+# The admin pages a CRM user opens, timed in headless Chromium on the store make bench left (run it first).
+bench-admin: venv
+	DATABASE_URL=$(BENCH_URL) $(BIN)/python tests/bench/admin_pages.py
 
 # Only the tag-sync throughput benchmark (about 2 minutes: the per-call path waits for Shopify's bucket).
 bench-tags: venv
