@@ -165,14 +165,24 @@ class MetricsAdminViews:
     def products_view(self, request: HttpRequest, pk: int):
         segment = scoped_object_or_404(request, Segment.objects.select_related("store"), pk=pk)
         header = [_("Product"), _("Orders"), _("Buyers"), _("Units"), _("Revenue")]
-        product_rows, type_rows = insights.segment_products(segment)
+        found = insights.segment_products(segment, exact=request.GET.get("exact") == "1")
+        note = ""
+        if found.sampled:
+            note = _("Estimated from %(sampled)s members drawn at random from %(members)s: every figure is the "
+                     "sample's times %(scale)s, rounded; the order of the rows is the sample's.") % {
+                "sampled": f"{found.sampled:,}", "members": f"{found.members:,}", "scale": f"{found.scale:.2f}"}
         products = Table(_("Top products"), header, [[r["product_name"], r["orders"], r["buyers"], r["units"],
-                                                      r["revenue"]] for r in product_rows])
+                                                      r["revenue"]] for r in found.products], note)
         types = Table(_("Top product types"), [_("Product type"), *header[1:]],
                       [[r["type_name"] or "—", r["orders"], r["buyers"], r["units"], r["revenue"]]
-                       for r in type_rows])
+                       for r in found.types], note)
+        exact_url = ""
+        if found.sampled:
+            query = request.GET.copy()
+            query["exact"] = "1"
+            exact_url = f"?{query.urlencode()}"
         return self._table_page(request, _("What %(name)s buys") % {"name": segment.name}, [products, types],
-                                f"{segment.slug}-products", segment=segment)
+                                f"{segment.slug}-products", segment=segment, exact_url=exact_url)
 
     def attributes_view(self, request: HttpRequest, pk: int):
         from integrations.aitrillion.mappings import attribute_distribution

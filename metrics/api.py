@@ -70,6 +70,11 @@ class ProductRowSerializer(serializers.Serializer):
 class TopProductsSerializer(serializers.Serializer):
     products = ProductRowSerializer(many=True)
     product_types = ProductRowSerializer(many=True)
+    members = serializers.IntegerField()
+    sampled_members = serializers.IntegerField(
+        allow_null=True, help_text="Set when the figures are estimated: the members drawn at random and read; every "
+                                   "figure is theirs times members ÷ sampled_members, rounded. Null: every member "
+                                   "was read. Segments of more than 100,000 members are sampled unless exact=true.")
 
 
 class CompareSerializer(serializers.Serializer):
@@ -115,14 +120,20 @@ class SegmentMetricsActions:
         """The top 100 customer tags of members, with their share in the segment and in the store."""
         return Response(PopularTagSerializer(insights.popular_tags(self.get_object()), many=True).data)
 
-    @extend_schema(responses=TopProductsSerializer)
+    @extend_schema(parameters=[OpenApiParameter(
+        "exact", bool, default=False,
+        description="Read every member's lines even for a segment of more than 100,000 members (slower).")],
+        responses=TopProductsSerializer)
     @action(detail=True, methods=["get"], url_path="top-products")
     def top_products(self, request, pk=None):
-        """Products and product types members bought (counted orders), by revenue."""
-        product_rows, type_rows = insights.segment_products(self.get_object())
-        products = [{**r, "name": r["product_name"]} for r in product_rows]
-        types = [{**r, "name": r["type_name"] or ""} for r in type_rows]
-        return Response(TopProductsSerializer({"products": products, "product_types": types}).data)
+        """Products and product types members bought (counted orders), by revenue; a large segment's estimated
+        from a random sample of its members (``sampled_members``)."""
+        exact = request.query_params.get("exact", "").lower() in ("1", "true", "yes")
+        found = insights.segment_products(self.get_object(), exact=exact)
+        products = [{**r, "name": r["product_name"]} for r in found.products]
+        types = [{**r, "name": r["type_name"] or ""} for r in found.types]
+        return Response(TopProductsSerializer({"products": products, "product_types": types, "members": found.members,
+                                               "sampled_members": found.sampled}).data)
 
     @extend_schema(responses=inline_serializer("PartnerAttributes", {
         "attributes": serializers.DictField(child=serializers.ListField(child=inline_serializer("AttributeValue", {

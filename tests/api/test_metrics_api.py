@@ -94,7 +94,8 @@ def test_popular_tags_top_products_and_compare(shop):
     assert tags == [{"name": "LINE連携", "members": 1, "share": "0.5000", "store_customers": 1,
                      "store_share": "0.5000", "lift": "1.00"}]
     products = client.get(reverse("segment-top-products", args=[buyers.pk])).json()
-    assert products == {"products": [], "product_types": []}  # these orders have no line items
+    assert products == {"products": [], "product_types": [], "members": 2,  # these orders have no line items
+                        "sampled_members": None}
     compare = client.get(reverse("segment-compare"), {"ids": f"{buyers.pk},{repeat.pk}", "kpi": "members"}).json()
     assert compare["labels"][0] == "2025-03-01"
     assert compare["series"] == {"buyers": [1, 2, 2, 2], "repeat": [0, 0, 1, 1]}

@@ -235,7 +235,8 @@ def test_a_large_segments_products_and_types_are_read_side_by_side_with_the_same
     connection_created.connect(lambda **kwargs: opened.append(kwargs["connection"]), weak=False, dispatch_uid="t")
     monkeypatch.setattr(insights, "PRODUCTS_SIDE_BY_SIDE_ABOVE", 2)  # this segment of 3 counts as large
     try:
-        assert insights.segment_products(segment) == one_by_one
+        found = insights.segment_products(segment)
+        assert (found.products, found.types) == one_by_one and found.sampled is None
     finally:
         connection_created.disconnect(dispatch_uid="t")
     assert [(r["product_name"], r["buyers"]) for r in one_by_one[0]] == [("煎茶", 3), ("湯呑", 2)]
@@ -279,3 +280,61 @@ def test_a_large_stores_cohorts_are_counted_in_halves_side_by_side_and_added(mon
                                                (Decimal("2750.00"), Decimal("0.7500"), Decimal("1.75"))])]
     assert members[0][1] == 3
     assert len(opened) == (4 if connection.vendor == "postgresql" else 0)  # a connection per half, twice
+
+
+def test_a_very_large_segments_products_are_estimated_from_a_sample_of_members_unless_asked_exactly(
+        store, monkeypatch, staff_client):
+    from django.urls import reverse
+
+    from metrics import insights
+
+    tea = Product.objects.create(store=store, handle="sencha", title="煎茶", product_type="緑茶")
+    cup = Product.objects.create(store=store, handle="cup", title="湯呑", product_type="器")
+    members = [CustomerFactory(store=store) for _ in range(6)]
+    for customer in members:  # every member buys the same: a sample of any 2 scales to the whole exactly
+        order = OrderFactory(store=store, customer=customer)
+        LineItemFactory(order=order, product=tea, quantity=2, unit_price=Decimal(1000))
+        LineItemFactory(order=order, product=cup, quantity=1, unit_price=Decimal(3000))
+    customer_facts_refresh(store=store)
+    segment = a_list(store, members)
+    exact = insights.segment_products(segment)
+    assert exact.sampled is None and [(r["product_name"], r["orders"], r["buyers"], r["units"], r["revenue"])
+                                      for r in exact.products] == [("湯呑", 6, 6, 6, Decimal("18000.00")),
+                                                                   ("煎茶", 6, 6, 12, Decimal("12000.00"))]
+    monkeypatch.setattr(insights, "PRODUCTS_SAMPLE_ABOVE", 5)
+    monkeypatch.setattr(insights, "PRODUCTS_SAMPLE_SIZE", 2)
+    sampled = insights.segment_products(segment)
+    assert (sampled.members, sampled.sampled, sampled.scale) == (6, 2, 3)
+    assert [(r["product_name"], r["orders"], r["buyers"], r["units"], r["revenue"]) for r in sampled.products] == [
+        ("湯呑", 6, 6, 6, Decimal("18000")), ("煎茶", 6, 6, 12, Decimal("12000"))]
+    assert [(r["type_name"], r["buyers"]) for r in sampled.types] == [("器", 6), ("緑茶", 6)]
+    assert insights.segment_products(segment).products == sampled.products  # the same draw all day
+    assert insights.segment_products(segment, exact=True).sampled is None
+
+    # The page says it is an estimate, from how many members, and links to the exact figures.
+    url = reverse("admin:metrics_products", args=[segment.pk])
+    page = staff_client.get(url)
+    note = page.context["tables"][0].note
+    assert all(figure in note for figure in ("2", "6", "3.00")), note  # sampled, members, the scale
+    assert page.context["exact_url"] == "?exact=1" and 'id="products-sampled"' in page.content.decode()
+    full = staff_client.get(url + "?exact=1")
+    assert full.context["exact_url"] == "" and full.context["tables"][0].note == ""
+    assert full.context["tables"][0].rows[0] == ["湯呑", 6, 6, 6, Decimal("18000.00")]
+
+
+def test_a_sample_of_members_scales_what_the_sampled_members_bought(store, monkeypatch):
+    from metrics import insights
+
+    tea = Product.objects.create(store=store, handle="sencha", title="煎茶", product_type="緑茶")
+    members = [CustomerFactory(store=store) for _ in range(4)]
+    for n, customer in enumerate(members):
+        order = OrderFactory(store=store, customer=customer)
+        LineItemFactory(order=order, product=tea, quantity=n + 1, unit_price=Decimal(1000))
+    customer_facts_refresh(store=store)
+    segment = a_list(store, members)
+    monkeypatch.setattr(insights, "PRODUCTS_SAMPLE_ABOVE", 3)
+    monkeypatch.setattr(insights, "PRODUCTS_SAMPLE_SIZE", 2)
+    drawn, total = insights._member_sample(segment, 2)
+    bought = sum(members.index(next(m for m in members if m.pk == pk)) + 1 for pk in drawn)  # units of the two
+    (row,) = insights.segment_products(segment).products
+    assert total == 4 and row["units"] == bought * 2 and row["revenue"] == Decimal(bought * 2000)
