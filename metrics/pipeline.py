@@ -128,6 +128,11 @@ def pipeline_run(run_id: int) -> str:
 
     def lane(steps: tuple[str, ...]) -> None:
         for step in steps:
+            if Store.objects.being_deleted().filter(pk=run.store_id).exists():  # asked for since the run began
+                with lock:
+                    summary[step] = {"status": "skipped", "reason": str(_("the store is being deleted"))}
+                    PipelineRun.objects.filter(pk=run.pk).update(summary=summary)
+                continue
             with lock:
                 running.append(step)
                 PipelineRun.objects.filter(pk=run.pk).update(step="+".join(running), heartbeat_at=timezone.now())

@@ -273,3 +273,24 @@ def test_the_recomputes_pushes_go_out_while_the_snapshots_are_still_taken(frozen
     assert run.summary["snapshots"]["status"] == "succeeded"  # the tags did not wait for the snapshots
     assert steps_seen == ["snapshots+tags"]  # what the run showed while both ran
     assert Segment.objects.get(store=store).member_count == 1
+
+
+def test_a_deletion_asked_for_during_a_run_stops_its_next_steps(frozen, monkeypatch):
+    from ecpower.commerce.models import Store
+    from metrics import pipeline
+
+    store = small_store(time_zone="Asia/Tokyo", daily_run_hour=0)
+    run = PipelineRun.objects.create(store=store, date=dt.date(2025, 7, 11))
+
+    def import_while_deleted(run, job, progress):  # someone deletes the store while the first step runs
+        Store.objects.filter(pk=run.store_id).update(deletion_requested_at=NOW)
+        raise pipeline.StepSkipped("not connected to Shopify")
+
+    monkeypatch.setitem(pipeline.STEP_FUNCTIONS, "import", import_while_deleted)
+    pipeline_run(run.pk)
+    run.refresh_from_db()
+    later = [step for step in pipeline.STEPS if step != "import"]
+    assert {step: run.summary[step] for step in later} == {
+        step: {"status": "skipped", "reason": "the store is being deleted"} for step in later}
+    assert not SyncJob.objects.filter(pipeline_run=run).exists()  # no step started
+    assert not SegmentSnapshot.objects.filter(store=store).exists()
