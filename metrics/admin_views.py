@@ -181,8 +181,9 @@ class MetricsAdminViews:
             query = request.GET.copy()
             query["exact"] = "1"
             exact_url = f"?{query.urlencode()}"
+        name = f"{segment.slug}-products" + ("-estimated" if found.sampled else "")  # the CSV says so too
         return self._table_page(request, _("What %(name)s buys") % {"name": segment.name}, [products, types],
-                                f"{segment.slug}-products", segment=segment, exact_url=exact_url)
+                                name, segment=segment, exact_url=exact_url)
 
     def attributes_view(self, request: HttpRequest, pk: int):
         from integrations.aitrillion.mappings import attribute_distribution

@@ -317,6 +317,7 @@ def test_a_very_large_segments_products_are_estimated_from_a_sample_of_members_u
     note = page.context["tables"][0].note
     assert all(figure in note for figure in ("2", "6", "3.00")), note  # sampled, members, the scale
     assert page.context["exact_url"] == "?exact=1" and 'id="products-sampled"' in page.content.decode()
+    assert "-products-estimated-" in staff_client.get(url + "?format=csv")["Content-Disposition"]
     full = staff_client.get(url + "?exact=1")
     assert full.context["exact_url"] == "" and full.context["tables"][0].note == ""
     assert full.context["tables"][0].rows[0] == ["湯呑", 6, 6, 6, Decimal("18000.00")]
