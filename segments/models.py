@@ -273,7 +273,7 @@ class MembershipEventKind(models.TextChoices):
 class MembershipEvent(models.Model):
     store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"),
                               **UNCHECKED)
-    segment = models.ForeignKey(  # indexed by membership_event_segment_date
+    segment = models.ForeignKey(  # indexed by membership_event_seg_recent
         Segment, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("segment"),
         **UNCHECKED,
     )
@@ -289,8 +289,10 @@ class MembershipEvent(models.Model):
         verbose_name = _("membership event")
         verbose_name_plural = _("membership events")
         indexes = [
-            # Recent joins and leaves of a segment; daily joined/left counts for snapshots.
-            models.Index(fields=["segment", "date"], name="membership_event_segment_date"),
+            # Recent joins and leaves of a segment, newest first (segment_recent_events: read backwards, so the
+            # page stops after 20; with the date alone it sorted all 600,000 events of a first recompute by id,
+            # 4.4 s at a million customers); daily joined/left counts for snapshots.
+            models.Index(fields=["segment", "date", "id"], name="membership_event_seg_recent"),
             # A customer's history in given segments (journeys; a deleted customer's events).
             models.Index(fields=["segment", "customer", "date"], name="membership_event_seg_customer"),
         ]

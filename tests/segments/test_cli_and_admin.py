@@ -135,3 +135,36 @@ def test_admin_refuses_to_delete_a_segment_another_one_uses(shop, staff_client):
     staff_client.post(reverse("admin:segments_conditionsegment_changelist"),
                       {"action": "delete_selected", "_selected_action": [base.pk], "post": "yes"})
     assert Segment.objects.filter(pk=base.pk).exists()
+
+
+def test_a_segments_members_page_shows_the_kept_count_without_counting_and_a_search_counts(shop, staff_client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from segments.services import segment_create, segment_recompute
+
+    store, loyal, once = shop
+    segment = segment_create(store=store, name="buyers", query="number_of_orders >= 1")
+    segment_recompute(segment=segment)
+    segment.refresh_from_db()
+    url = reverse("admin:segments_conditionsegment_members", args=[segment.pk])
+    with CaptureQueriesContext(connection) as queries:
+        page = staff_client.get(url)
+    assert page.context["page"].paginator.count == segment.member_count == 2
+    assert not [q for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert staff_client.get(url, {"q": "loyal@"}).context["page"].paginator.count == 1
+
+
+def test_a_segments_recent_changes_are_its_newest_events_first(shop):
+    from segments.selectors import segment_recent_events
+    from segments.services import segment_create, segment_recompute
+
+    store, loyal, once = shop
+    segment = segment_create(store=store, name="buyers", query="number_of_orders >= 1")
+    segment_recompute(segment=segment)
+    first = list(MembershipEvent.objects.filter(segment=segment).order_by("id"))
+    later = MembershipEvent.objects.create(store=store, segment=segment, customer=once, kind="left",
+                                           date=first[0].date + dt.timedelta(days=1))
+    same_day = MembershipEvent.objects.create(store=store, segment=segment, customer=loyal, kind="left",
+                                              date=first[0].date)
+    assert list(segment_recent_events(segment, 3)) == [later, same_day, first[-1]]
