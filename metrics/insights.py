@@ -162,7 +162,7 @@ def segment_products(segment: Segment, limit: int = 50, *, exact: bool = False) 
         sample, members = _member_sample(segment, PRODUCTS_SAMPLE_SIZE)
     calls = (functools.partial(top_products, segment, limit, customers=sample),
              functools.partial(top_product_types, segment, limit, customers=sample))
-    if (len(sample) if sample is not None else members) > PRODUCTS_SIDE_BY_SIDE_ABOVE:
+    if sample is not None or members > PRODUCTS_SIDE_BY_SIDE_ABOVE:
         products, types = side_by_side(*calls)
     else:
         products, types = (call() for call in calls)
