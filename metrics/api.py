@@ -74,7 +74,8 @@ class TopProductsSerializer(serializers.Serializer):
     sampled_members = serializers.IntegerField(
         allow_null=True, help_text="Set when the figures are estimated: the members drawn at random and read; every "
                                    "figure is theirs times members ÷ sampled_members, rounded. Null: every member "
-                                   "was read. Segments of more than 100,000 members are sampled unless exact=true.")
+                                   f"was read. Segments of more than {insights.PRODUCTS_SAMPLE_ABOVE:,} members are "
+                                   "sampled unless exact=true.")
 
 
 class CompareSerializer(serializers.Serializer):
@@ -122,7 +123,8 @@ class SegmentMetricsActions:
 
     @extend_schema(parameters=[OpenApiParameter(
         "exact", bool, default=False,
-        description="Read every member's lines even for a segment of more than 100,000 members (slower).")],
+        description=f"Read every member's lines even for a segment of more than {insights.PRODUCTS_SAMPLE_ABOVE:,} "
+                    "members (slower).")],
         responses=TopProductsSerializer)
     @action(detail=True, methods=["get"], url_path="top-products")
     def top_products(self, request, pk=None):
