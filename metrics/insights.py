@@ -215,7 +215,7 @@ def _cohort_counts(store: Store, segment: Segment | None, id_range: tuple[int, i
     return sizes, {(cell["cohort"], cell["month"]): cell for cell in cells}
 
 
-def _cohort_counts_added(parts: list[tuple[Counter, dict[tuple, dict]]]) -> tuple[Counter, list[dict]]:
+def _cohort_counts_added(parts: list[tuple[Counter, dict[tuple, dict]]]) -> tuple[Counter, dict[tuple, dict]]:
     sizes: Counter = Counter()
     cells: dict[tuple, dict] = {}
     for part_sizes, part_cells in parts:
@@ -228,7 +228,7 @@ def _cohort_counts_added(parts: list[tuple[Counter, dict[tuple, dict]]]) -> tupl
             total["orders"] += cell["orders"]
             total["second"] += cell["second"]
             total["revenue"] = (total["revenue"] or 0) + (cell["revenue"] or 0)
-    return sizes, list(cells.values())
+    return sizes, cells
 
 
 def cohorts(store: Store, segment: Segment | None = None, months: int = 12) -> list[Cohort]:
@@ -237,16 +237,16 @@ def cohorts(store: Store, segment: Segment | None = None, months: int = 12) -> l
     On a large store (``COHORTS_IN_PARTS_ABOVE``, PostgreSQL) each half of the customers is counted on its own
     connection, side by side, and the halves added (docs/performance.md).
     """
-    ranges = customer_id_ranges(store, above=COHORTS_IN_PARTS_ABOVE)
-    if segment is not None and segment.member_count <= COHORTS_IN_PARTS_ABOVE:
-        ranges = None
+    ranges = None
+    if segment is None or segment.member_count > COHORTS_IN_PARTS_ABOVE:
+        ranges = customer_id_ranges(store, above=COHORTS_IN_PARTS_ABOVE)
     if ranges is None:
         sizes, cells = _cohort_counts_added([_cohort_counts(store, segment)])
     else:
         sizes, cells = _cohort_counts_added(
             side_by_side(*(functools.partial(_cohort_counts, store, segment, part) for part in ranges)))
     by_cohort: dict[dt.date, dict[int, dict]] = {}
-    for cell in cells:
+    for cell in cells.values():
         start = cell["cohort"].date() if isinstance(cell["cohort"], dt.datetime) else cell["cohort"]
         month = cell["month"].date() if isinstance(cell["month"], dt.datetime) else cell["month"]
         by_cohort.setdefault(start, {})[_month_index(month) - _month_index(start)] = cell

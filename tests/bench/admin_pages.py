@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CHROMIUM = os.environ.get("ECPOWER_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 - the browser the end-to-end tests drive
+
 USERNAME = "bench-admin"
 SERVER_TIME = "(() => { const n = performance.getEntriesByType('navigation')[0]; return n.responseStart - n.requestStart; })()"
 
