@@ -202,6 +202,9 @@ SNAPSHOTS_INCREMENTAL = env_bool("ECPOWER_SNAPSHOTS_INCREMENTAL", True)
 # shows the exact count (docs/segments.md).
 PREVIEW_ESTIMATE_ABOVE = env_int("ECPOWER_PREVIEW_ESTIMATE_ABOVE", 200_000)
 PREVIEW_ESTIMATE_SAMPLE = env_int("ECPOWER_PREVIEW_ESTIMATE_SAMPLE", 10_000)
+# Cohorts and RFM of a store whose customer ids span more than this (or of a segment of more members) are
+# computed in the background and kept: the admin shows the kept table at once (docs/metrics.md).
+INSIGHTS_KEPT_ABOVE = env_int("ECPOWER_INSIGHTS_KEPT_ABOVE", 200_000)
 # Largest CSV file accepted from an upload (bytes).
 CSV_MAX_UPLOAD_BYTES = env_int("ECPOWER_CSV_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
 # Largest CSV file accepted to make a list segment (bytes).

@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -20,8 +20,8 @@ from django.utils.translation import gettext as _
 
 from ecpower.admin_access import admin_stores, require_write, scoped, scoped_object_or_404
 from ecpower.commerce.models import CustomerTagEvent, Store
-from metrics import charts, insights
-from metrics.models import Campaign, Journey, SegmentSnapshot
+from metrics import charts, insight_reports, insights
+from metrics.models import Campaign, InsightKind, InsightReport, Journey, SegmentSnapshot
 from metrics.snapshots import approximate_note
 from segments import rfm
 from segments.models import Segment, SegmentKind
@@ -75,6 +75,7 @@ class MetricsAdminViews:
             path("compare/", view(self.compare_view), name="metrics_compare"),
             path("cohorts/", view(self.cohorts_view), name="metrics_cohorts"),
             path("rfm/", view(self.rfm_view), name="metrics_rfm"),
+            path("insight-report/<int:pk>/", view(self.insight_report_view), name="metrics_insight_report"),
             path("journey/<int:pk>/", view(self.journey_view), name="metrics_journey"),
             path("campaign/<int:pk>/", view(self.campaign_view), name="metrics_campaign"),
         ]
@@ -233,10 +234,39 @@ class MetricsAdminViews:
         store = segment.store if segment else stores.filter(pk=request.GET.get("store") or None).first()
         return store or stores.first(), segment
 
+    def _kept_report(self, request: HttpRequest, store: Store | None, segment: Segment | None,
+                     kind: str) -> InsightReport | None:
+        """A large store's (or segment's) kept report of ``kind``, with a new computing queued where it is due;
+        a POST asks for a new one whatever the day. None where the page computes the table itself."""
+        if store is None or not insight_reports.insight_report_wanted(store, segment):
+            return None
+        return insight_reports.insight_report_request(store=store, segment=segment, kind=kind,
+                                                      fresh=request.method == "POST")
+
+    def _kept_context(self, kept: InsightReport | None) -> dict:
+        if kept is None:
+            return {}
+        return {"kept": kept, "kept_status_url": reverse("admin:metrics_insight_report", args=[kept.pk])}
+
+    def insight_report_view(self, request: HttpRequest, pk: int):
+        """How a kept report's computing goes, for its page to follow (JSON)."""
+        report = scoped_object_or_404(request, InsightReport.objects.all(), pk=pk)
+        return JsonResponse({
+            "status": report.status, "status_label": report.get_status_display(),
+            "computed_at": report.computed_at.isoformat() if report.computed_at else None,
+            "seconds": report.seconds, "error": report.error,
+        })
+
     def cohorts_view(self, request: HttpRequest):
         store, segment = self._store_and_segment(request)
-        months = 12
-        found = insights.cohorts(store, segment, months=months) if store else []
+        kept = self._kept_report(request, store, segment, InsightKind.COHORTS)
+        if request.method == "POST":
+            return redirect(request.get_full_path())
+        months = insight_reports.COHORT_MONTHS
+        if kept is not None:
+            found = insight_reports.cohorts_kept(kept)
+        else:
+            found = insights.cohorts(store, segment, months=months) if store else []
         offsets = list(range(months + 1))
         header = [_("First purchase"), _("Customers"), *(f"+{k}" for k in offsets)]
         ltv = Table(_("Cumulative LTV per customer"), header,
@@ -249,11 +279,18 @@ class MetricsAdminViews:
                                                          *(cell["orders_per_customer"] for cell in c.cells)]
                                                         for c in found])
         title = _("Cohorts by first purchase month") + (f" — {segment.name}" if segment else "")
-        return self._table_page(request, title, [ltv, repeat, orders], "cohorts", segment=segment, store=store)
+        return self._table_page(request, title, [ltv, repeat, orders], "cohorts", segment=segment, store=store,
+                                **self._kept_context(kept))
 
     def rfm_view(self, request: HttpRequest):
         store, segment = self._store_and_segment(request)
-        summary = insights.rfm_summary(store, segment) if store else None
+        kept = self._kept_report(request, store, segment, InsightKind.RFM)
+        if request.method == "POST":
+            return redirect(request.get_full_path())
+        if kept is not None:
+            summary = insight_reports.rfm_kept(kept)
+        else:
+            summary = insights.rfm_summary(store, segment) if store else None
         table = Table(_("RFM groups"), [_("Group"), _("Customers"), _("Share"), _("Orders"), _("Spent"),
                                         _("Average days since last order")],
                       [[g["label"], g["customers"], _percent(g["share"]), g["orders"], g["spent"],
@@ -265,7 +302,8 @@ class MetricsAdminViews:
                       for r, count in enumerate(cells)]) for fm, cells in (summary.grid.items() if summary else [])]
         context = self._context(request, _("RFM analysis") + (f" — {segment.name}" if segment else ""),
                                 segment=segment, store=store, table=table, grid=grid,
-                                summary=summary, csv_url="?" + request.GET.urlencode() + "&format=csv")
+                                summary=summary, csv_url="?" + request.GET.urlencode() + "&format=csv",
+                                **self._kept_context(kept))
         return TemplateResponse(request, "admin/metrics/rfm.html", context)
 
     def journey_view(self, request: HttpRequest, pk: int):

@@ -7,6 +7,7 @@
 * ``Journey`` / ``JourneyStage``: ordered segments whose transitions are counted.
 * ``Campaign``: list segments and a period, measured against their holdouts.
 * ``PipelineRun``: one store's daily run; its steps are ``SyncJob`` rows.
+* ``InsightReport``: a large store's cohorts or RFM table, computed in the background and kept.
 
 Models hold fields and constraints; the computing is in ``metrics.snapshots``, ``metrics.insights``
 and ``metrics.pipeline``.
@@ -14,6 +15,7 @@ and ``metrics.pipeline``.
 
 from __future__ import annotations
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -238,3 +240,55 @@ class SnapshotLock(models.Model):
 
     def __str__(self) -> str:
         return f"{self.store_id}: {self.holder}"
+
+
+class InsightKind(models.TextChoices):
+    COHORTS = "cohorts", _("Cohorts")
+    RFM = "rfm", _("RFM analysis")
+
+
+class InsightStatus(models.TextChoices):
+    QUEUED = "queued", _("Waiting for a worker")
+    RUNNING = "running", _("Computing")
+    DONE = "done", _("Done")
+    FAILED = "failed", _("Failed")
+
+
+class InsightReport(models.Model):
+    """The cohorts or RFM table of a large store, or of one of its segments, computed in the background and kept.
+
+    Each reads every buyer or every counted order (10 s and 8 s at a million customers), so above
+    ``settings.INSIGHTS_KEPT_ABOVE`` customers the admin shows the kept table at once and computes a new one
+    in the background when it is from an earlier day or asked for (``metrics.insight_reports``). ``data`` is
+    the last table computed; ``status`` is that of the latest computing, so a failed or running one still
+    shows the table before it.
+    """
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name=_("store"))
+    segment = models.ForeignKey(Segment, on_delete=models.CASCADE, null=True, blank=True, related_name="+",
+                                verbose_name=_("segment"), db_index=False)  # indexed by insight_report_segment
+    kind = models.CharField(_("report"), max_length=10, choices=InsightKind.choices)
+    status = models.CharField(_("status"), max_length=10, choices=InsightStatus.choices,
+                              default=InsightStatus.QUEUED)
+    data = models.JSONField(_("table"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    day = models.DateField(_("as of"), null=True, blank=True,
+                           help_text=_("The store's local date the kept table was computed on."))
+    computed_at = models.DateTimeField(_("computed at"), null=True, blank=True)
+    seconds = models.FloatField(_("seconds to compute"), null=True, blank=True)
+    requested_at = models.DateTimeField(_("requested at"))
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        verbose_name = _("kept insight report")
+        verbose_name_plural = _("kept insight reports")
+        constraints = [
+            # One kept report per store and kind, and per segment and kind; also the indexes each page reads.
+            models.UniqueConstraint(fields=["store", "kind"], condition=models.Q(segment__isnull=True),
+                                    name="insight_report_store"),
+            models.UniqueConstraint(fields=["segment", "kind"], condition=models.Q(segment__isnull=False),
+                                    name="insight_report_segment"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} · {self.segment or self.store}"

@@ -153,6 +153,10 @@ def pipeline_run(run_id: int) -> str:
         status = PipelineStatus.FAILED
     PipelineRun.objects.filter(pk=run.pk, status=PipelineStatus.RUNNING).update(
         status=status, step="", finished_at=timezone.now())
+    if not Store.objects.being_deleted().filter(pk=run.store_id).exists():
+        from metrics.insight_reports import insight_reports_refresh
+
+        insight_reports_refresh(store=run.store)  # a large store's cohorts and RFM of the day, in the background
     return status
 
 

@@ -144,6 +144,13 @@ def _customer_id_bounds(store: Store) -> dict[str, int | None]:
     return Customer.objects.filter(store=store).aggregate(low=Min("id"), high=Max("id"))
 
 
+def customer_id_span(store: Store) -> int:
+    """How many ids the store's customers span (0 without customers): its size without counting it, at most the
+    ids of customers deleted since or of other stores' customers made in between too many."""
+    bounds = _customer_id_bounds(store)
+    return 0 if bounds["low"] is None else bounds["high"] - bounds["low"] + 1
+
+
 def customer_id_ranges(store: Store, *, above: int) -> list[tuple[int, int]] | None:
     """The store's customer ids cut into ``settings.SEGMENT_RECOMPUTE_THREADS`` ranges ([low, high)), one per
     connection of a read split side by side, or None to read on this one: a store whose ids span no more than

@@ -393,13 +393,14 @@ def store_data_delete(*, store: Store) -> None:
     which does not scale to a million customers.
 
     Segments stay, emptied: their memberships, join/leave history and metric history go with the
-    customers, and they show as not computed until the next recompute.
+    customers, and they show as not computed until the next recompute. Kept cohorts and RFM tables go too.
     """
     from django.apps import apps
 
     with transaction.atomic():
         for model in store_data_models():
             _rows_delete(model, "store", store)
+        apps.get_model("metrics", "InsightReport").objects.filter(store=store).delete()
         apps.get_model("segments", "Segment").objects.filter(store=store).update(
             status="new", member_count=0, last_joined=0, last_left=0, holdout_count=0, baseline=0,
             last_computed_for=None,
