@@ -10,7 +10,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from ecpower.admin_access import OWNER_ONLY, StoreScopedAdmin, StoreScopedInline, writable_stores
+from ecpower.admin_access import OWNER_ONLY, StoreScopedAdmin, StoreScopedInline, admin_stores, writable_stores
 from ecpower.admin_deletion import CountedDeletionAdmin
 from ecpower.commerce.access import api_key_create, api_key_revoke
 from ecpower.commerce.models import (
@@ -27,6 +27,7 @@ from ecpower.commerce.models import (
     Store,
     StoreMembership,
 )
+from ecpower.commerce.selectors import customer_places
 from ecpower.commerce.services import store_deletion_request, store_deletion_steps
 from ecpower.commerce.tasks import csv_import_enqueue
 
@@ -104,10 +105,30 @@ class CustomerOrderInline(StoreScopedInline, admin.TabularInline):
         return False
 
 
+class PlaceListFilter(admin.AllValuesFieldListFilter):
+    """The customer list's country or province filter, its choices from ``customer_places``: the places of the
+    stores the user sees (of the one chosen in the store filter), a province filter's of the chosen country."""
+
+    def __init__(self, field, request, params, model, model_admin, field_path):
+        super().__init__(field, request, params, model, model_admin, field_path)
+        stores = admin_stores(request)
+        chosen = request.GET.get("store__id__exact", "")
+        if chosen.isdigit():
+            stores = stores.filter(pk=chosen)
+        places = customer_places(list(stores.values_list("pk", flat=True)))
+        if field.name == "country_code":
+            self.lookup_choices = sorted({country for country, _province in places})
+        else:
+            country = request.GET.get("country_code")
+            self.lookup_choices = sorted({province for place_country, province in places
+                                          if country is None or place_country == country})
+
+
 @admin.register(Customer)
 class CustomerAdmin(CountedDeletionAdmin, StoreScopedAdmin):
     list_display = ("display_name", "email", "province_code", "orders_count", "amount_spent", "last_order_at", "email_marketing", "store")
-    list_filter = ("store", "email_marketing", "sms_marketing", "country_code", "province_code")
+    list_filter = ("store", "email_marketing", "sms_marketing", ("country_code", PlaceListFilter),
+                   ("province_code", PlaceListFilter))
     search_fields = ("email", "first_name", "last_name", "phone", "=shopify_id")
     list_select_related = ("store",)
     show_full_result_count = False  # counting a million customers on every page is not worth it

@@ -206,6 +206,9 @@ class Customer(models.Model):
         indexes = [
             # Admin and API list customers of one store, newest first.
             models.Index(fields=["store", "-id"], name="customer_store_recent"),
+            # The customer list's country and province filters: their choices, walked pair by pair
+            # (commerce.selectors.customer_places), and the customers of one place.
+            models.Index(fields=["store", "country_code", "province_code"], name="customer_store_place"),
         ]
 
     def __str__(self) -> str:
