@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from django.db import transaction
+from django.utils.http import http_date
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -19,8 +20,8 @@ from rest_framework.response import Response
 from ecpower.api.framework import StoreBoundSerializer, StoreScopedMixin, StoreWriteCheckedMixin
 from ecpower.commerce.models import Store
 from integrations.api import SyncJobSerializer
-from metrics import charts, insights
-from metrics.models import Campaign, Journey, JourneyStage, PipelineRun, SegmentSnapshot
+from metrics import charts, insight_reports, insights
+from metrics.models import Campaign, InsightKind, Journey, JourneyStage, PipelineRun, SegmentSnapshot
 from segments.models import Segment
 
 DATE_PARAMS = [OpenApiParameter("since", dt.date, description="First day (store time)."),
@@ -190,6 +191,13 @@ def _segment_param(request, store: Store) -> Segment | None:
     return segment
 
 
+def _kept_dated(response: Response, kept) -> Response:
+    """A kept table's answer says when it was computed (``Last-Modified``)."""
+    if kept is not None:
+        response["Last-Modified"] = http_date(kept.computed_at.timestamp())
+    return response
+
+
 COHORT_SCHEMA = inline_serializer("Cohort", {
     "month": serializers.DateField(), "customers": serializers.IntegerField(),
     "cells": serializers.ListField(child=inline_serializer("CohortCell", {
@@ -251,22 +259,39 @@ class StoreMetricsActions(StoreMovementActions):
     @extend_schema(parameters=[SEGMENT_PARAM, OpenApiParameter("months", int, default=12)], responses=COHORT_SCHEMA)
     @action(detail=True, methods=["get"])
     def cohorts(self, request, pk=None):
-        """First-purchase-month cohorts: cumulative LTV, repeat rate and orders per customer by month since."""
+        """First-purchase-month cohorts: cumulative LTV, repeat rate and orders per customer by month since.
+
+        On a store of more than `ECPOWER_INSIGHTS_KEPT_ABOVE` customers (200,000 by default; or a segment of more
+        members), with the default 12 months, the table kept today is the answer when there is one (computed after
+        the daily run; its `Last-Modified` header says when); otherwise it is computed for the request.
+        """
         store = self.get_object()
+        segment = _segment_param(request, store)
         months = min(max(int(request.query_params.get("months", 12) or 12), 1), 36)
-        rows = insights.cohorts(store, _segment_param(request, store), months=months)
-        return Response([{"month": c.month, "customers": c.customers,
-                          "cells": [{k: _text(v) for k, v in cell.items()} for cell in c.cells]} for c in rows])
+        kept = None
+        if months == insight_reports.COHORT_MONTHS:
+            kept = insight_reports.insight_report_today(store, segment, InsightKind.COHORTS)
+        rows = insight_reports.cohorts_kept(kept) if kept else insights.cohorts(store, segment, months=months)
+        return _kept_dated(Response([{"month": c.month, "customers": c.customers,
+                                      "cells": [{k: _text(v) for k, v in cell.items()} for cell in c.cells]}
+                                     for c in rows]), kept)
 
     @extend_schema(parameters=[SEGMENT_PARAM], responses=RFM_SCHEMA)
     @action(detail=True, methods=["get"])
     def rfm(self, request, pk=None):
-        """Customers per RFM group (Shopify's eleven) and per R × FM cell, now."""
+        """Customers per RFM group (Shopify's eleven) and per R × FM cell, now.
+
+        On a store of more than `ECPOWER_INSIGHTS_KEPT_ABOVE` customers (or a segment of more members), the table
+        kept today when there is one (its `Last-Modified` header says when it was computed), as for cohorts.
+        """
         store = self.get_object()
-        summary = insights.rfm_summary(store, _segment_param(request, store))
+        segment = _segment_param(request, store)
+        kept = insight_reports.insight_report_today(store, segment, InsightKind.RFM)
+        summary = insight_reports.rfm_kept(kept) if kept else insights.rfm_summary(store, segment)
         groups = [{k: _text(v) for k, v in group.items()} for group in summary.groups]
-        return Response({"customers": summary.customers, "groups": groups,
-                         "grid": {str(fm): cells for fm, cells in summary.grid.items()}})
+        return _kept_dated(Response({"customers": summary.customers, "groups": groups,
+                                     "grid": {str(fm): cells for fm, cells in summary.grid.items()}}), kept)
+
 
 
 # --- journeys, campaigns, daily runs -----------------------------------------------------------------

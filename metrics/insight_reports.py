@@ -11,6 +11,7 @@ members) the admin asks here instead:
   computed since it was requested, or running on another worker, is left alone).
 * ``insight_reports_refresh`` (service): the daily run queues its large store's own reports after the day's
   data is in, so the day's first view finds today's table.
+* ``insight_report_today`` (selector): today's kept table, which the API answers with when there is one.
 
 A kept table is the same dataclasses the small stores' pages compute (``cohorts_kept`` / ``rfm_kept`` read
 them back), so both pages render one way.
@@ -124,6 +125,14 @@ def insight_report_run(report_id: int) -> str:
         status=InsightStatus.DONE, data=data, day=store_today(report.store), computed_at=timezone.now(),
         seconds=round(time.monotonic() - began, 2), error="")
     return InsightStatus.DONE
+
+
+def insight_report_today(store: Store, segment: Segment | None, kind: str) -> InsightReport | None:
+    """The kept table of ``kind`` computed today for a large store (or segment), or None (a small one, or no
+    table of today yet): what the API answers with before computing one itself."""
+    if not insight_report_wanted(store, segment):
+        return None
+    return _scope(store, segment, kind).filter(data__isnull=False, day=store_today(store)).first()
 
 
 def insight_reports_refresh(*, store: Store) -> list[InsightReport]:

@@ -167,3 +167,26 @@ def test_daily_runs_are_listed_with_their_steps(shop):
     rows = client_for(store, ApiKeyScope.READ).get(reverse("daily-run-list")).json()["results"]
     assert rows[0]["status"] == "succeeded" and rows[0]["summary"]["recompute"]["status"] == "succeeded"
     assert len(rows[0]["jobs"]) == 2  # recompute and snapshots; the rest were skipped
+
+
+def test_a_large_stores_cohorts_and_rfm_come_from_todays_kept_tables(shop, settings):
+    from metrics.insight_reports import insight_report_request, insight_report_run
+    from metrics.models import InsightKind
+
+    settings.INSIGHTS_KEPT_ABOVE = 0  # every store counts as large
+    store, _buyers, _repeat = shop
+    client = client_for(store, ApiKeyScope.READ)
+    computed = client.get(reverse("store-cohorts", args=[store.pk]))
+    assert "Last-Modified" not in computed  # none kept today: computed for the request
+    for kind in InsightKind.values:
+        insight_report_run(insight_report_request(store=store, kind=kind).pk)
+    # A new customer's first order since the tables were kept: the kept answer does not have it yet.
+    OrderFactory(store=store, customer=CustomerFactory(store=store), total=Decimal(9000),
+                 created_at=dt.datetime(2025, 4, 2, 10, tzinfo=JST))
+    customer_facts_refresh(store=store)
+    kept = client.get(reverse("store-cohorts", args=[store.pk]))
+    assert kept.json() == computed.json() and "GMT" in kept["Last-Modified"]
+    fresh = client.get(reverse("store-cohorts", args=[store.pk]), {"months": 6}).json()  # not the kept months
+    assert [c["month"] for c in fresh] == ["2025-03-01", "2025-04-01"]
+    rfm = client.get(reverse("store-rfm", args=[store.pk]))
+    assert rfm.json()["customers"] == 2 and "Last-Modified" in rfm
