@@ -111,17 +111,24 @@ class PlaceListFilter(admin.AllValuesFieldListFilter):
 
     def __init__(self, field, request, params, model, model_admin, field_path):
         super().__init__(field, request, params, model, model_admin, field_path)
-        stores = admin_stores(request)
-        chosen = request.GET.get("store__id__exact", "")
-        if chosen.isdigit():
-            stores = stores.filter(pk=chosen)
-        places = customer_places(list(stores.values_list("pk", flat=True)))
+        places = self.places(request)
         if field.name == "country_code":
             self.lookup_choices = sorted({country for country, _province in places})
         else:
             country = request.GET.get("country_code")
             self.lookup_choices = sorted({province for place_country, province in places
                                           if country is None or place_country == country})
+
+    @staticmethod
+    def places(request) -> list[tuple[str, str]]:
+        """The places of the request's stores, read once for both filters."""
+        if not hasattr(request, "_customer_places"):
+            stores = admin_stores(request)
+            chosen = request.GET.get("store__id__exact", "")
+            if chosen.isdigit():
+                stores = stores.filter(pk=chosen)
+            request._customer_places = customer_places(list(stores.values_list("pk", flat=True)))
+        return request._customer_places
 
 
 @admin.register(Customer)

@@ -372,7 +372,7 @@ def store_data_models() -> tuple[type[models.Model], ...]:
     from django.apps import apps
 
     return tuple(apps.get_model(label) for label in (
-        "metrics.SegmentSnapshot", "metrics.SnapshotMember", "metrics.SnapshotCursor",
+        "metrics.InsightReport", "metrics.SegmentSnapshot", "metrics.SnapshotMember", "metrics.SnapshotCursor",
         "segments.MembershipEvent", "segments.Membership", "segments.ChangeBaseline", "segments.CustomerDigest",
         "integrations.TagOperation", "integrations.AppliedTag", "integrations.ChannelTalkUser",
         "commerce.CustomerTagEvent", "commerce.LineItem", "commerce.Order", "commerce.CustomerTag",
@@ -400,7 +400,6 @@ def store_data_delete(*, store: Store) -> None:
     with transaction.atomic():
         for model in store_data_models():
             _rows_delete(model, "store", store)
-        apps.get_model("metrics", "InsightReport").objects.filter(store=store).delete()
         apps.get_model("segments", "Segment").objects.filter(store=store).update(
             status="new", member_count=0, last_joined=0, last_left=0, holdout_count=0, baseline=0,
             last_computed_for=None,
