@@ -79,8 +79,10 @@ class FactsMatchPlainComputation(TestCase):
             )
             LineItemFactory(order=created[-1], ordinal=99)
         if subset:
-            # Refreshing customer by customer converges to the same result as a whole-store refresh.
-            for customer in customers:
+            # Refreshing some customers together and the others one by one converges to the same result as a
+            # whole-store refresh.
+            customer_facts_refresh(store=store, customer_ids=[customer.pk for customer in customers[:3]])
+            for customer in customers[3:]:
                 customer_facts_refresh(store=store, customer_ids=[customer.pk])
             Order.objects.filter(customer__isnull=True).update(ordinal=None)
             LineItem.objects.filter(order__customer__isnull=True).update(ordinal=None)
@@ -130,6 +132,8 @@ def test_a_customer_whose_only_order_is_cancelled_is_reset(db):
 
 
 def test_refresh_of_a_subset_runs_a_fixed_number_of_statements(db, django_assert_num_queries):
+    from django.db import connection
+
     store = StoreFactory()
     customers = [CustomerFactory(store=store) for _ in range(30)]
     for customer in customers:
@@ -137,8 +141,9 @@ def test_refresh_of_a_subset_runs_a_fixed_number_of_statements(db, django_assert
     without_orders = CustomerFactory(store=store)
     # savepoint + 6 statements (rank and clear ordinals, aggregate and stamp, reset and stamp those without
     # counted orders, copy to the lines of orders whose ordinal changed (one per 2,000 orders), copy to lines
-    # without copies, the products of orders that have none yet) + release.
-    with django_assert_num_queries(8):
+    # without copies, the products of orders that have none yet) + release. On PostgreSQL the ranking and the
+    # aggregates are one statement (services._ranks_and_facts).
+    with django_assert_num_queries(7 if connection.vendor == "postgresql" else 8):
         customer_facts_refresh(store=store, customer_ids=[c.pk for c in [*customers, without_orders]])
     assert set(Customer.objects.filter(store=store).values_list("orders_count", flat=True)) == {3, 0}
     # Every customer refreshed is stamped: tomorrow's snapshots look at them again (metrics.snapshots).
