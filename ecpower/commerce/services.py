@@ -2,9 +2,9 @@
 
 ``customer_facts_refresh`` is the one place that derives customer facts and order ordinals from
 orders. It is set-based: a handful of SQL statements per call, whatever the number of customers,
-written in the SQL that PostgreSQL and SQLite (3.33+) both run, but for one: on PostgreSQL a refresh of some
-customers ranks their orders and aggregates their facts in one statement (``_ranks_and_facts``). The rule it implements is
-documented in docs/data-model.md.
+written in the SQL that PostgreSQL and SQLite (3.33+) both run, but for one: on PostgreSQL a refresh
+of some customers ranks their orders and aggregates their facts in one statement (``_ranks_and_facts``).
+The rule it implements is documented in docs/data-model.md.
 """
 
 from __future__ import annotations
