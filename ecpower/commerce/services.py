@@ -177,10 +177,6 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
     line_item = LineItem._meta.db_table
     order_scope, order_params = _scope("customer_id", ids)
     line_scope, line_params = _scope("o.customer_id", ids)
-    # The customers again, on the updated side: the planner then knows it updates these few customers and
-    # looks them up, instead of trusting its estimate of their orders (at 1M customers it guessed 95,000
-    # distinct buyers among 4.7 M orders instead of 951,000, so ten times too many rows) and hashing all.
-    updated_scope, updated_params = _scope(f"{customer}.id", ids)
 
     # A scoped refresh learns which orders' ordinals changed (RETURNING) and copies order fields only to
     # their lines and to lines without copies yet; a whole-store one compares every line.
@@ -192,56 +188,11 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
     stamp, stamp_params = (", facts_refreshed_at = %s", [now]) if scoped else ("", [])
     with connection.cursor() as cursor:
         if scoped and connection.vendor == "postgresql":
-            # 1. and 2. together, from one read of the customers' orders (_ranks_and_facts).
+            # 1. and 2. together, from one read of the customers' orders.
             recopy, aggregated = _ranks_and_facts(cursor, store_id, ids, stamp, stamp_params)
             moved = len(recopy)
         else:
-            # 1. Counted orders get their rank per customer; orders that do not count (cancelled, test, guest) lose
-            # theirs. One pass over the customers' orders, carrying each order's ordinal, so only the orders whose
-            # ordinal changes are joined back to be updated (at 1M customers, 2,000 customers' 11,500 orders were
-            # each looked up again to find the 2,200 new ones: 80 of 160 ms; clearing in a statement of its own
-            # read the orders once more, 0.2 s of a 10,000-customer refresh).
-            cursor.execute(
-                f"""
-                UPDATE {order} AS o SET ordinal = r.rn
-                FROM (
-                    SELECT id AS ranked_id, ordinal AS was,
-                           CASE WHEN counts THEN ROW_NUMBER() OVER (PARTITION BY customer_id, counts
-                                                                     ORDER BY created_at, id) END AS rn
-                    FROM (
-                        SELECT id, ordinal, customer_id, created_at,
-                               customer_id IS NOT NULL AND cancelled_at IS NULL AND test = %s AS counts
-                        FROM {order}
-                        WHERE store_id = %s{order_scope}
-                    ) AS candidates
-                ) AS r
-                WHERE r.was IS DISTINCT FROM r.rn AND o.id = r.ranked_id{" RETURNING id" if scoped else ""}
-                """,
-                [False, store_id, *order_params],
-            )
-            if scoped:
-                recopy = [row[0] for row in cursor.fetchall()]
-                moved = len(recopy)
-            else:
-                moved = cursor.rowcount
-            # 2. Customers with counted orders get aggregates over them and their first order's attributes.
-            cursor.execute(
-                f"""
-                UPDATE {customer} SET {_facts_assignments("f")}{stamp}
-                FROM (
-                    SELECT customer_id, COUNT(*) AS n, SUM(total - refunded_amount) AS spent,
-                           MIN(created_at) AS first_at, MAX(created_at) AS last_at
-                    FROM {order}
-                    WHERE store_id = %s{order_scope} AND ordinal IS NOT NULL
-                    GROUP BY customer_id
-                ) AS a
-                JOIN {order} AS f ON f.customer_id = a.customer_id AND f.ordinal = 1
-                WHERE {customer}.id = a.customer_id{updated_scope}{f" RETURNING {customer}.id" if scoped else ""}
-                """,
-                [*stamp_params, store_id, *order_params, *updated_params],
-            )
-            if scoped:
-                aggregated = {row[0] for row in cursor.fetchall()}
+            recopy, aggregated, moved = _ranks_then_facts(cursor, store_id, ids, stamp, stamp_params)
         # 3. Customers without counted orders are reset. A scoped refresh knows them: the customers 2. did not
         # write (usually none); they are reset and stamped in one statement, and the others are not read
         # again (asking every customer whether it still had a counted order was 0.15 s of 10,000).
@@ -293,6 +244,69 @@ def _refresh_scope(store_id: int, ids: Sequence[int] | None) -> int:
     return moved
 
 
+def _ranks_then_facts(cursor, store_id: int, ids: Sequence[int] | None, stamp: str, stamp_params: list
+                      ) -> tuple[list[int], set[int], int]:
+    """Steps 1 and 2 as two statements (a whole-store refresh, and SQLite). Returns, for a refresh of some
+    customers, the ids of the renumbered orders and of the customers given facts (empty for the whole store),
+    and how many orders got a new ordinal."""
+    order, customer = Order._meta.db_table, Customer._meta.db_table
+    scoped = ids is not None
+    order_scope, order_params = _scope("customer_id", ids)
+    # The customers again, on the updated side: the planner then knows it updates these few customers and
+    # looks them up, instead of trusting its estimate of their orders (at 1M customers it guessed 95,000
+    # distinct buyers among 4.7 M orders instead of 951,000, so ten times too many rows) and hashing all.
+    updated_scope, updated_params = _scope(f"{customer}.id", ids)
+    recopy: list[int] = []
+    aggregated: set[int] = set()
+    # 1. Counted orders get their rank per customer; orders that do not count (cancelled, test, guest) lose
+    # theirs. One pass over the customers' orders, carrying each order's ordinal, so only the orders whose
+    # ordinal changes are joined back to be updated (at 1M customers, 2,000 customers' 11,500 orders were
+    # each looked up again to find the 2,200 new ones: 80 of 160 ms; clearing in a statement of its own
+    # read the orders once more, 0.2 s of a 10,000-customer refresh).
+    cursor.execute(
+        f"""
+        UPDATE {order} AS o SET ordinal = r.rn
+        FROM (
+            SELECT id AS ranked_id, ordinal AS was,
+                   CASE WHEN counts THEN ROW_NUMBER() OVER (PARTITION BY customer_id, counts
+                                                             ORDER BY created_at, id) END AS rn
+            FROM (
+                SELECT id, ordinal, customer_id, created_at,
+                       customer_id IS NOT NULL AND cancelled_at IS NULL AND test = %s AS counts
+                FROM {order}
+                WHERE store_id = %s{order_scope}
+            ) AS candidates
+        ) AS r
+        WHERE r.was IS DISTINCT FROM r.rn AND o.id = r.ranked_id{" RETURNING id" if scoped else ""}
+        """,
+        [False, store_id, *order_params],
+    )
+    if scoped:
+        recopy = [row[0] for row in cursor.fetchall()]
+        moved = len(recopy)
+    else:
+        moved = cursor.rowcount
+    # 2. Customers with counted orders get aggregates over them and their first order's attributes.
+    cursor.execute(
+        f"""
+        UPDATE {customer} SET {_facts_assignments("f")}{stamp}
+        FROM (
+            SELECT customer_id, COUNT(*) AS n, SUM(total - refunded_amount) AS spent,
+                   MIN(created_at) AS first_at, MAX(created_at) AS last_at
+            FROM {order}
+            WHERE store_id = %s{order_scope} AND ordinal IS NOT NULL
+            GROUP BY customer_id
+        ) AS a
+        JOIN {order} AS f ON f.customer_id = a.customer_id AND f.ordinal = 1
+        WHERE {customer}.id = a.customer_id{updated_scope}{f" RETURNING {customer}.id" if scoped else ""}
+        """,
+        [*stamp_params, store_id, *order_params, *updated_params],
+    )
+    if scoped:
+        aggregated = {row[0] for row in cursor.fetchall()}
+    return recopy, aggregated, moved
+
+
 def _facts_assignments(first: str) -> str:
     """The SET list of a facts update from the aggregates ``a`` (n, spent, first_at, last_at) and the first
     counted order's attributes under the alias ``first``."""
@@ -315,7 +329,8 @@ def _ranks_and_facts(cursor, store_id: int, ids: Sequence[int], stamp: str, stam
     just computed, never from the ordinals being replaced. SQLite has no writes in WITH: it keeps two.
     """
     order, customer = Order._meta.db_table, Customer._meta.db_table
-    marks = ", ".join(["%s"] * len(ids))
+    order_scope, order_params = _scope("customer_id", ids)
+    updated_scope, updated_params = _scope(f"{customer}.id", ids)  # as in _ranks_then_facts
     cursor.execute(
         f"""
         WITH ranked AS MATERIALIZED (
@@ -327,7 +342,7 @@ def _ranks_and_facts(cursor, store_id: int, ids: Sequence[int], stamp: str, stam
                 SELECT id, ordinal, customer_id, created_at, total, refunded_amount, discount_code, source_name,
                        utm_source, utm_medium, utm_campaign, cancelled_at IS NULL AND test = %s AS counts
                 FROM {order}
-                WHERE store_id = %s AND customer_id IN ({marks})
+                WHERE store_id = %s{order_scope}
             ) AS candidates
         ), renumbered AS (
             UPDATE {order} AS o SET ordinal = r.rn FROM ranked AS r
@@ -347,12 +362,12 @@ def _ranks_and_facts(cursor, store_id: int, ids: Sequence[int], stamp: str, stam
                 WHERE rn IS NOT NULL
                 GROUP BY customer_id
             ) AS a
-            WHERE {customer}.id = a.customer_id AND {customer}.id IN ({marks})
+            WHERE {customer}.id = a.customer_id{updated_scope}
             RETURNING {customer}.id
         )
         SELECT id, TRUE FROM renumbered UNION ALL SELECT id, FALSE FROM aggregated
         """,
-        [False, store_id, *ids, *stamp_params, *ids],
+        [False, store_id, *order_params, *stamp_params, *updated_params],
     )
     recopy, aggregated = [], set()
     for pk, is_order in cursor.fetchall():
