@@ -345,28 +345,48 @@ def journey_transitions(journey: Journey, start: dt.date | None = None, end: dt.
                         ) -> JourneyReport:
     """Customers who moved from stage A to stage B in [start, end] (default: the last 7 days).
 
-    A move A → B is a join of B on day d by a customer who was in A at the end of day d − 1 (the
-    latest A event before d is a join). Joins of B from no stage come from ``outside``; leaves of A
-    with no join of another stage that day or later in the window go ``outside``.
+    A move A → B is a join of B on day d by a customer who was in A at the end of day d − 1. Joins of B
+    from no stage come from ``outside``; leaves of A with no join of another stage that day or later in
+    the window go ``outside``.
+
+    Only the stages' events from ``start`` on are read (by segment and date, the index every event
+    insert extends at its end): a customer was in A at the end of d − 1 if their first event of A from d
+    on is a leave, or, without one, if they are in A today. So no index of the events by customer is
+    needed: one cost every recompute a random index page per join or leave (docs/performance.md).
     """
     stages = [stage.segment for stage in journey.stages.select_related("segment")]
     end = end or store_today(journey.store)
     start = start or end - dt.timedelta(days=6)
     ids = ", ".join(str(int(s.pk)) for s in stages) or "NULL"
-    events = MembershipEvent._meta.db_table
+    events, memberships = MembershipEvent._meta.db_table, Membership._meta.db_table
     joined, left = MembershipEventKind.JOINED, MembershipEventKind.LEFT
     moves: dict[tuple, int] = {}
     with connection.cursor() as cursor:
+        # For each join of a stage B and each other stage A: A's first event of that customer from the join's
+        # day on, if any (a leave: they were in A); else their membership of A today.
         cursor.execute(
-            f"""SELECT a.segment_id, j.segment_id, COUNT(DISTINCT j.customer_id)
-                FROM {events} j JOIN {events} a ON a.customer_id = j.customer_id AND a.segment_id IN ({ids})
-                     AND a.segment_id <> j.segment_id AND a.kind = %s AND a.date < j.date
-                WHERE j.segment_id IN ({ids}) AND j.kind = %s AND j.date >= %s AND j.date <= %s
-                  AND NOT EXISTS (SELECT 1 FROM {events} x WHERE x.segment_id = a.segment_id
-                      AND x.customer_id = a.customer_id AND x.date < j.date
-                      AND (x.date > a.date OR (x.date = a.date AND x.id > a.id)))
-                GROUP BY a.segment_id, j.segment_id""",
-            [joined, joined, start, end],
+            f"""WITH recent AS (
+                    SELECT segment_id, customer_id, date, id, kind FROM {events}
+                    WHERE segment_id IN ({ids}) AND date >= %s),
+                joins AS (  -- from the table, not from recent: the planner then knows how many
+                    SELECT segment_id AS b, customer_id, date FROM {events}
+                    WHERE segment_id IN ({ids}) AND kind = %s AND date >= %s AND date <= %s),
+                later AS (
+                    SELECT e.segment_id AS a, j.b, j.customer_id, e.kind,
+                           ROW_NUMBER() OVER (PARTITION BY j.b, j.customer_id, j.date, e.segment_id
+                                              ORDER BY e.date, e.id) AS n
+                    FROM joins j JOIN recent e ON e.customer_id = j.customer_id AND e.segment_id <> j.b
+                         AND e.date >= j.date)
+                SELECT a, b, COUNT(DISTINCT customer_id) FROM (
+                    SELECT a, b, customer_id FROM later WHERE n = 1 AND kind = %s
+                    UNION ALL
+                    SELECT m.segment_id, j.b, j.customer_id FROM joins j JOIN {memberships} m
+                        ON m.customer_id = j.customer_id AND m.segment_id IN ({ids}) AND m.segment_id <> j.b
+                    WHERE NOT EXISTS (SELECT 1 FROM recent e WHERE e.segment_id = m.segment_id
+                                      AND e.customer_id = j.customer_id AND e.date >= j.date)
+                ) AS moved
+                GROUP BY a, b""",
+            [start, joined, start, end, left],
         )
         for source, target, count in cursor.fetchall():
             moves[source, target] = count

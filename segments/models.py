@@ -178,8 +178,9 @@ def _through_segments(sub_objs, field):
 
 def CASCADE_THROUGH_SEGMENTS(collector, field, sub_objs, using):
     """``models.CASCADE`` for a deleted customer's memberships, join/leave events and snapshot members,
-    which are indexed by (segment, customer) but not by customer alone: the rows are looked up through the segments of
-    the customer's store, one probe of that index each, instead of a scan of every store's rows."""
+    looked up through the segments of the customer's store: memberships and snapshot members by one probe of their
+    (segment, customer) index per segment instead of a scan of every store's rows. The events have no such index
+    (each join or leave would write a random page of it): their deletion reads them (docs/performance.md)."""
     models.CASCADE(collector, field, _through_segments(sub_objs, field), using)
 
 
@@ -277,7 +278,10 @@ class MembershipEvent(models.Model):
         Segment, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("segment"),
         **UNCHECKED,
     )
-    customer = models.ForeignKey(  # indexed after the segment by membership_event_seg_customer
+    # Not indexed: an index led by the segment or the customer takes each join or leave on a random page,
+    # 0.4-0.5 s of an incremental update after 10,000 orders at 1M customers (docs/performance.md). Journeys
+    # read the events by segment and date; a deleted customer's are found through the store's segments.
+    customer = models.ForeignKey(
         Customer, on_delete=CASCADE_THROUGH_SEGMENTS, related_name="membership_events", verbose_name=_("customer"),
         **UNCHECKED
     )
@@ -293,8 +297,6 @@ class MembershipEvent(models.Model):
             # page stops after 20; with the date alone it sorted all 600,000 events of a first recompute by id,
             # 4.4 s at a million customers); daily joined/left counts for snapshots.
             models.Index(fields=["segment", "date", "id"], name="membership_event_seg_recent"),
-            # A customer's history in given segments (journeys; a deleted customer's events).
-            models.Index(fields=["segment", "customer", "date"], name="membership_event_seg_customer"),
         ]
 
     def __str__(self) -> str:  # the admin's title of one event: who, what, where, when

@@ -162,9 +162,16 @@ def test_journey_moves_between_stages_over_a_window(store):
     event(first, z, "joined", 1), event(first, z, "left", 6)  # first → nowhere
     event(first, w, "joined", 1), event(repeat, w, "joined", 2)  # before the window
     event(repeat, v, "joined", 1), event(loyal, v, "joined", 8)  # still in repeat too: repeat → loyal
+    u = CustomerFactory(store=store)
+    event(first, u, "joined", 1), event(first, u, "left", 2), event(repeat, u, "joined", 4)  # left before: outside
+    # Their memberships today, as the events left them: a stage joined before the window and never left
+    # (v in repeat) is known from the membership.
+    for segment, customer in ((repeat, x), (repeat, y), (first, w), (repeat, w), (repeat, v), (loyal, v),
+                              (repeat, u)):
+        Membership.objects.create(store=store, segment=segment, customer=customer, since=dt.date(2025, 6, 1))
 
     report = journey_transitions(journey, dt.date(2025, 6, 3), dt.date(2025, 6, 9))
-    assert report.moves == {(first.pk, repeat.pk): 1, (repeat.pk, loyal.pk): 1, (OUTSIDE, repeat.pk): 1,
+    assert report.moves == {(first.pk, repeat.pk): 1, (repeat.pk, loyal.pk): 1, (OUTSIDE, repeat.pk): 2,
                             (first.pk, OUTSIDE): 1}
     assert report.members == {first.pk: 5, repeat.pk: 3, loyal.pk: 1}
     assert report.matrix()[0] == (first.pk, [0, 1, 0, 1])
