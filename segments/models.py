@@ -278,9 +278,10 @@ class MembershipEvent(models.Model):
         Segment, on_delete=models.CASCADE, related_name="membership_events", verbose_name=_("segment"),
         **UNCHECKED,
     )
-    # Not indexed: an index led by the segment or the customer takes each join or leave on a random page,
-    # 0.4-0.5 s of an incremental update after 10,000 orders at 1M customers (docs/performance.md). Journeys
-    # read the events by segment and date; a deleted customer's are found through the store's segments.
+    # No index by (segment, customer) or by customer: it takes each join or leave on a random page (the one
+    # by segment and date grows at its end), 0.4-0.5 s of an incremental update after 10,000 orders at 1M
+    # customers (docs/performance.md). Journeys read the events by segment and date; a deleted customer's
+    # are found by reading the events of the store's segments.
     customer = models.ForeignKey(
         Customer, on_delete=CASCADE_THROUGH_SEGMENTS, related_name="membership_events", verbose_name=_("customer"),
         **UNCHECKED
