@@ -266,17 +266,7 @@ def _ranks_then_facts(cursor, store_id: int, ids: Sequence[int] | None, stamp: s
     cursor.execute(
         f"""
         UPDATE {order} AS o SET ordinal = r.rn
-        FROM (
-            SELECT id AS ranked_id, ordinal AS was,
-                   CASE WHEN counts THEN ROW_NUMBER() OVER (PARTITION BY customer_id, counts
-                                                             ORDER BY created_at, id) END AS rn
-            FROM (
-                SELECT id, ordinal, customer_id, created_at,
-                       customer_id IS NOT NULL AND cancelled_at IS NULL AND test = %s AS counts
-                FROM {order}
-                WHERE store_id = %s{order_scope}
-            ) AS candidates
-        ) AS r
+        FROM (SELECT id AS ranked_id, was, rn FROM ({_ranked_orders_sql(order_scope)}) AS ranked) AS r
         WHERE r.was IS DISTINCT FROM r.rn AND o.id = r.ranked_id{" RETURNING id" if scoped else ""}
         """,
         [False, store_id, *order_params],
@@ -307,6 +297,23 @@ def _ranks_then_facts(cursor, store_id: int, ids: Sequence[int] | None, stamp: s
     return recopy, aggregated, moved
 
 
+def _ranked_orders_sql(order_scope: str, carried: str = "") -> str:
+    """SELECT of the store's orders (parameters: False for ``test``, the store id, then ``order_scope``'s) with
+    their ordinal as stored (``was``) and their rank among their customer's counted orders (``rn``, NULL for
+    an order that does not count: cancelled, test or a guest's); ``carried`` adds ", column, …" of the order."""
+    order = Order._meta.db_table
+    return f"""
+        SELECT id, ordinal AS was, customer_id, created_at{carried},
+               CASE WHEN counts THEN ROW_NUMBER() OVER (PARTITION BY customer_id, counts
+                                                         ORDER BY created_at, id) END AS rn
+        FROM (
+            SELECT id, ordinal, customer_id, created_at{carried},
+                   customer_id IS NOT NULL AND cancelled_at IS NULL AND test = %s AS counts
+            FROM {order}
+            WHERE store_id = %s{order_scope}
+        ) AS candidates"""
+
+
 def _facts_assignments(first: str) -> str:
     """The SET list of a facts update from the aggregates ``a`` (n, spent, first_at, last_at) and the first
     counted order's attributes under the alias ``first``."""
@@ -334,16 +341,8 @@ def _ranks_and_facts(cursor, store_id: int, ids: Sequence[int], stamp: str, stam
     cursor.execute(
         f"""
         WITH ranked AS MATERIALIZED (
-            SELECT id, ordinal AS was, customer_id, created_at, total, refunded_amount, discount_code,
-                   source_name, utm_source, utm_medium, utm_campaign,
-                   CASE WHEN counts THEN ROW_NUMBER() OVER (PARTITION BY customer_id, counts
-                                                             ORDER BY created_at, id) END AS rn
-            FROM (
-                SELECT id, ordinal, customer_id, created_at, total, refunded_amount, discount_code, source_name,
-                       utm_source, utm_medium, utm_campaign, cancelled_at IS NULL AND test = %s AS counts
-                FROM {order}
-                WHERE store_id = %s{order_scope}
-            ) AS candidates
+            {_ranked_orders_sql(order_scope, ", total, refunded_amount, discount_code, source_name, utm_source, "
+                                             "utm_medium, utm_campaign")}
         ), renumbered AS (
             UPDATE {order} AS o SET ordinal = r.rn FROM ranked AS r
             WHERE r.was IS DISTINCT FROM r.rn AND o.id = r.id
